@@ -1,0 +1,208 @@
+"""Compatibility pre-flight: line a base up against other checkpoints before any heavy work.
+
+Architectures, tensor names and shapes are compared from headers. A vocabulary resize is reported
+and handled only by an explicit policy (``crop`` or ``skip``); missing tensors are an error unless
+``missing="skip"``; dtype differences and tied weights are recorded. The result is the plan every
+streaming stage iterates: one :class:`AlignedTensor` per base tensor that takes part.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tunelens.checkpoints.index import Checkpoint, TensorInfo
+from tunelens.checkpoints.naming import Part
+from tunelens.errors import TunelensError
+
+VocabPolicy = Literal["error", "crop", "skip"]
+MissingPolicy = Literal["error", "skip"]
+
+
+@dataclass(frozen=True)
+class AlignedTensor:
+    """One base tensor and its counterparts in each other checkpoint (same order as given)."""
+
+    name: str
+    base: TensorInfo
+    others: tuple[TensorInfo, ...]
+    parts: tuple[Part, ...]
+    rows: int | None = None  # vocab crop: only the first ``rows`` rows take part
+
+    @property
+    def numel(self) -> int:
+        if self.rows is None:
+            return self.base.numel
+        per_row = self.base.numel // max(self.base.shape[0], 1)
+        return self.rows * per_row
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The plan: aligned tensors plus everything left out and why."""
+
+    base: Checkpoint
+    others: tuple[Checkpoint, ...]
+    tensors: tuple[AlignedTensor, ...]
+    skipped: tuple[dict[str, str], ...] = ()
+    cropped: tuple[dict[str, object], ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def report(self) -> dict[str, object]:
+        return {
+            "tensors": len(self.tensors),
+            "skipped": list(self.skipped),
+            "cropped": list(self.cropped),
+            "notes": list(self.notes),
+        }
+
+
+def _embed_name(ck: Checkpoint) -> str | None:
+    for name in ck.tensors:
+        if ck.arch.parse(name)[1] == "embed" and "wpe" not in name:
+            return name
+    return None
+
+
+def _resolve(ck: Checkpoint, name: str, base_component: str) -> TensorInfo | None:
+    info = ck.tensors.get(name)
+    if info is None and base_component == "lm_head" and ck.arch.tie_word_embeddings:
+        embed = _embed_name(ck)
+        return ck.tensors.get(embed) if embed else None
+    return info
+
+
+def align(
+    base: Checkpoint,
+    others: tuple[Checkpoint, ...] | list[Checkpoint],
+    *,
+    vocab: VocabPolicy = "error",
+    missing: MissingPolicy = "error",
+) -> Alignment:
+    """Compare ``others`` with ``base`` from headers; raise on anything that needs a user's choice."""
+    others = tuple(others)
+    notes: list[str] = []
+    for ck in others:
+        if ck.arch.model_type != base.arch.model_type:
+            raise TunelensError(
+                f"architectures differ: base {base.name} is {base.arch.model_type}, {ck.name} is {ck.arch.model_type}"
+            )
+        _check_parent(base, ck, notes)
+    skipped: list[dict[str, str]] = []
+    cropped: list[dict[str, object]] = []
+    missing_by: dict[str, list[str]] = {}
+    tensors: list[AlignedTensor] = []
+    names = list(base.tensors)
+    embed = _embed_name(base)
+    if base.arch.tie_word_embeddings:
+        for name in names:
+            if base.arch.parse(name)[1] == "lm_head":
+                skipped.append({"tensor": name, "reason": f"tied to {embed}: reported once, as embed"})
+        names = [n for n in names if base.arch.parse(n)[1] != "lm_head"]
+        untied = [ck.name for ck in others if not ck.arch.tie_word_embeddings]
+        if untied and embed is not None:
+            notes.append(f"base ties lm_head to {embed}; {', '.join(untied)} do not: lm_head compared with it")
+            for ck in others:
+                head = next((n for n in ck.tensors if ck.arch.parse(n)[1] == "lm_head"), None)
+                if head and head not in names:
+                    names.append(head)
+    for name in names:
+        binfo = base.tensors.get(name)
+        _, component = base.arch.parse(name)
+        if binfo is None:  # an lm_head only the others have: compare against the base's embed
+            binfo = base.tensors[embed] if embed else None
+            if binfo is None:
+                continue
+            binfo = TensorInfo(name, binfo.shape, binfo.dtype, binfo.file, binfo.begin, binfo.end)
+        if not binfo.is_float:
+            skipped.append({"tensor": name, "reason": f"non-float dtype {binfo.dtype}"})
+            continue
+        infos: list[TensorInfo] = []
+        rows: int | None = None
+        skip_reason: str | None = None
+        for ck in others:
+            info = _resolve(ck, name, component)
+            if info is None:
+                missing_by.setdefault(ck.name, []).append(name)
+                skip_reason = f"missing in {ck.name}"
+                break
+            if info.shape != binfo.shape:
+                resized = (
+                    component in ("embed", "lm_head")
+                    and len(info.shape) == len(binfo.shape)
+                    and info.shape[1:] == binfo.shape[1:]
+                )
+                if not resized:
+                    raise TunelensError(
+                        f"shape mismatch for {name}: base {base.name} {list(binfo.shape)} vs "
+                        f"{ck.name} {list(info.shape)}"
+                    )
+                added = info.shape[0] - binfo.shape[0]
+                if vocab == "error":
+                    raise TunelensError(
+                        f"vocabulary sizes differ in {name}: base {base.name} has {binfo.shape[0]} rows, "
+                        f"{ck.name} has {info.shape[0]} ({added:+d}); pass --vocab crop (compare the "
+                        f"first {min(info.shape[0], binfo.shape[0])} rows) or --vocab skip"
+                    )
+                if vocab == "skip":
+                    skip_reason = f"vocab resize in {ck.name} ({added:+d} rows), --vocab skip"
+                    break
+                rows = min(rows if rows is not None else binfo.shape[0], info.shape[0])
+            if info.dtype != binfo.dtype:
+                notes.append(f"{name}: dtype {binfo.dtype} in base, {info.dtype} in {ck.name} (compared in float32)")
+            infos.append(info)
+        if skip_reason is not None:
+            skipped.append({"tensor": name, "reason": skip_reason})
+            continue
+        if rows is not None:
+            cropped.append({"tensor": name, "rows": rows, "base_rows": binfo.shape[0], "policy": "crop"})
+        tensors.append(AlignedTensor(name, binfo, tuple(infos), base.arch.parts(name, binfo.shape), rows))
+    if missing_by and missing == "error":
+        who, lst = next(iter(missing_by.items()))
+        raise TunelensError(
+            f"{who} lacks {len(lst)} float tensor(s) of the base ({', '.join(lst[:3])}"
+            f"{', ...' if len(lst) > 3 else ''}); pass --missing skip to analyse the rest"
+        )
+    for ck in others:
+        extra = [n for n in ck.tensors if n not in base.tensors and ck.arch.parse(n)[1] != "lm_head"]
+        if extra:
+            notes.append(f"{ck.name} has {len(extra)} tensor(s) the base lacks, ignored ({extra[0]}, ...)")
+    return Alignment(base, others, tuple(tensors), tuple(skipped), tuple(cropped), tuple(dict.fromkeys(notes)))
+
+
+def _check_parent(base: Checkpoint, ck: Checkpoint, notes: list[str]) -> None:
+    """Warn when a vector's recorded parent or a model card's ``base_model`` names another model."""
+    if ck.kind == "vector":
+        parent = ck.meta.get("parent", {})
+        if isinstance(parent, dict) and parent.get("sha256") not in (None, base.fingerprint):
+            msg = (
+                f"{ck.name} is a tuning vector of {parent.get('name', '?')} (sha256 "
+                f"{str(parent.get('sha256'))[:12]}), not of {base.name} ({base.fingerprint[:12]})"
+            )
+            warnings.warn(msg, stacklevel=3)
+            notes.append(msg)
+        return
+    named = _card_base_model(ck)
+    if named and base.name not in named and str(base.path.name) not in named:
+        msg = f"{ck.name}'s model card names base_model {named!r}; you gave {base.name} as its parent"
+        warnings.warn(msg, stacklevel=3)
+        notes.append(msg)
+
+
+def _card_base_model(ck: Checkpoint) -> str | None:
+    value = ck.config.get("base_model")
+    if isinstance(value, str):
+        return value
+    card = ck.path / "README.md"
+    if card.exists():
+        try:
+            text = card.read_text(errors="replace")
+        except OSError:
+            return None
+        if text.startswith("---"):
+            for line in text.split("---", 2)[1].splitlines():
+                if line.strip().startswith("base_model:"):
+                    value = line.split(":", 1)[1].strip().strip("\"'")
+                    return value or None
+    return None

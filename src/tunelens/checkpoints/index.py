@@ -1,0 +1,316 @@
+"""Open a local Hugging Face model folder from its headers only: shards, names, shapes, dtypes.
+
+Nothing here reads tensor data or imports torch. Every problem with the input is a
+:class:`~tunelens.errors.TunelensError` with one clear line: a missing folder, a folder that is not
+a model, a truncated or corrupt shard, quantized weights, pickle checkpoints without
+``allow_pickle``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tunelens.checkpoints.naming import ArchInfo
+from tunelens.errors import TunelensError
+
+#: bytes per element of each safetensors dtype
+DTYPE_SIZES: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}  # fmt: skip
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+_QUANT_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".absmax", ".quant_map", ".quant_state")
+_QUANT_MARKERS = (".quant_state.", "weight_scale", "weight_zero_point", ".SCB")
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+VECTOR_META = "tunelens.json"
+
+Kind = Literal["model", "vector"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor's bytes are: ``file`` and absolute byte range ``[begin, end)``.
+
+    ``begin``/``end`` are -1 for tensors of a pickle checkpoint (read whole, see ``allow_pickle``).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    file: Path
+    begin: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_SIZES.get(self.dtype, 4)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model (or tuning-vector) folder, described from its headers."""
+
+    path: Path
+    name: str
+    config: dict[str, Any]
+    arch: ArchInfo
+    tensors: dict[str, TensorInfo]
+    files: tuple[Path, ...]
+    fingerprint: str  # sha256 over config.json + index / safetensors headers
+    kind: Kind = "model"
+    meta: dict[str, Any] = field(default_factory=dict)  # tunelens.json of a vector folder
+    pickle: bool = False
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    @property
+    def total_params(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+    def describe(self) -> dict[str, Any]:
+        """Identity of this input for provenance metadata."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "kind": self.kind,
+            "sha256": self.fingerprint,
+            "bytes": self.total_bytes,
+            "tensors": len(self.tensors),
+            "shards": len(self.files),
+        }
+
+
+def split_spec(spec: str | Path) -> tuple[str | None, Path]:
+    """``name=path`` → ``(name, path)``; a plain path → ``(None, path)``."""
+    text = str(spec)
+    if "=" in text and not Path(text).exists():
+        name, _, path = text.partition("=")
+        if name and "/" not in name:
+            return name, Path(path)
+    return None, Path(text)
+
+
+def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, name: str | None = None) -> Checkpoint:
+    """Open a model or vector folder (``path`` or ``name=path``), reading headers only."""
+    spec_name, path = split_spec(spec)
+    path = path.expanduser()
+    label = name or spec_name or path.resolve().name
+    if not path.exists():
+        raise TunelensError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix == ".gguf":
+            raise TunelensError(
+                f"{path}: GGUF files are quantized llama.cpp checkpoints; tunelens reads unquantized "
+                "safetensors folders (convert with transformers' GGUF loader first)"
+            )
+        raise TunelensError(f"{path}: expected a model folder (config.json + safetensors), got a file")
+    config = _read_config(path)
+    _refuse_quantized_config(path, config)
+    meta: dict[str, Any] = {}
+    kind: Kind = "model"
+    meta_path = path / VECTOR_META
+    if meta_path.exists():
+        meta = _read_json(meta_path)
+        if meta.get("kind") == "tuning_vector":
+            kind = "vector"
+    digest = hashlib.sha256(_read_bytes(path / "config.json"))
+    index_path = path / INDEX_NAME
+    pickled = False
+    if index_path.exists():
+        index_bytes = _read_bytes(index_path)
+        digest.update(index_bytes)
+        try:
+            weight_map: dict[str, str] = json.loads(index_bytes)["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TunelensError(f"{index_path}: not a valid safetensors index ({exc})") from exc
+        files = list(dict.fromkeys(weight_map.values()))
+        tensors: dict[str, TensorInfo] = {}
+        for fname in files:
+            shard = path / fname
+            if not shard.exists():
+                raise TunelensError(f"{index_path} names shard {fname}, which is missing")
+            infos, header = read_safetensors_header(shard)
+            digest.update(header)
+            tensors.update(infos)
+        missing = [n for n in weight_map if n not in tensors]
+        if missing:
+            raise TunelensError(
+                f"{path}: index lists {len(missing)} tensors absent from the shards ({missing[0]}, ...)"
+            )
+        shard_paths = tuple(path / f for f in files)
+    elif (path / SINGLE_NAME).exists() or list(path.glob("*.safetensors")):
+        singles = [path / SINGLE_NAME] if (path / SINGLE_NAME).exists() else sorted(path.glob("*.safetensors"))
+        tensors = {}
+        for shard in singles:
+            infos, header = read_safetensors_header(shard)
+            digest.update(header)
+            tensors.update(infos)
+        shard_paths = tuple(singles)
+    else:
+        tensors, shard_paths = _pickle_tensors(path, allow_pickle, digest)
+        pickled = True
+    _refuse_quantized_tensors(path, tensors)
+    arch = ArchInfo.from_config(config)
+    return Checkpoint(
+        path=path,
+        name=label,
+        config=config,
+        arch=arch,
+        tensors=tensors,
+        files=shard_paths,
+        fingerprint=digest.hexdigest(),
+        kind=kind,
+        meta=meta,
+        pickle=pickled,
+    )
+
+
+def read_safetensors_header(shard: Path) -> tuple[dict[str, TensorInfo], bytes]:
+    """Parse and validate one safetensors file's header; detect truncation before any heavy work."""
+    try:
+        size = shard.stat().st_size
+        with shard.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise TunelensError(f"{shard}: truncated safetensors file ({size} bytes, no header)")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100_000_000:
+                raise TunelensError(
+                    f"{shard}: corrupt or truncated safetensors header (says {n} bytes, file has {size})"
+                )
+            raw = fh.read(n)
+    except OSError as exc:
+        raise TunelensError(f"{shard}: cannot read ({exc.strerror})") from exc
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TunelensError(f"{shard}: corrupt safetensors header ({exc})") from exc
+    data_start = 8 + n
+    infos: dict[str, TensorInfo] = {}
+    data_end = 0
+    for tname, entry in header.items():
+        if tname == "__metadata__":
+            continue
+        try:
+            dtype = str(entry["dtype"])
+            shape = tuple(int(s) for s in entry["shape"])
+            begin, end = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TunelensError(f"{shard}: corrupt header entry for {tname}") from exc
+        if dtype not in DTYPE_SIZES:
+            raise TunelensError(f"{shard}: tensor {tname} has dtype {dtype}, which tunelens does not support")
+        info = TensorInfo(tname, shape, dtype, shard, data_start + begin, data_start + end)
+        if end - begin != info.nbytes:
+            raise TunelensError(
+                f"{shard}: corrupt header: {tname} spans {end - begin} bytes, its shape needs {info.nbytes}"
+            )
+        infos[tname] = info
+        data_end = max(data_end, end)
+    if data_start + data_end > size:
+        raise TunelensError(
+            f"{shard}: truncated: the header describes {data_start + data_end} bytes, the file has {size}"
+        )
+    return infos, raw
+
+
+def _read_bytes(p: Path) -> bytes:
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise TunelensError(f"{p}: cannot read ({exc.strerror})") from exc
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(_read_bytes(p))
+    except ValueError as exc:
+        raise TunelensError(f"{p}: invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise TunelensError(f"{p}: expected a JSON object")
+    return data
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    cfg = path / "config.json"
+    if not cfg.exists():
+        ggufs = list(path.glob("*.gguf"))
+        if ggufs:
+            raise TunelensError(
+                f"{path}: holds GGUF files ({ggufs[0].name}), which are quantized llama.cpp checkpoints; "
+                "tunelens reads unquantized safetensors folders"
+            )
+        raise TunelensError(f"{path}: no config.json, not a Hugging Face model folder")
+    return _read_json(cfg)
+
+
+def _refuse_quantized_config(path: Path, config: dict[str, Any]) -> None:
+    q = config.get("quantization_config")
+    if q:
+        method = q.get("quant_method", "unknown") if isinstance(q, dict) else "unknown"
+        raise TunelensError(
+            f"{path}: quantized checkpoint (quantization_config: {method}); tunelens analyses unquantized "
+            "float weights only, dequantize it first"
+        )
+
+
+def _refuse_quantized_tensors(path: Path, tensors: dict[str, TensorInfo]) -> None:
+    for t in tensors.values():
+        if t.name.endswith(_QUANT_SUFFIXES) or any(m in t.name for m in _QUANT_MARKERS):
+            raise TunelensError(
+                f"{path}: quantized tensor {t.name} (GPTQ/AWQ/bitsandbytes layout); tunelens analyses "
+                "unquantized float weights only"
+            )
+
+
+def _pickle_tensors(path: Path, allow_pickle: bool, digest: Any) -> tuple[dict[str, TensorInfo], tuple[Path, ...]]:
+    bins = sorted(path.glob("pytorch_model*.bin")) + sorted(path.glob("*.pt"))
+    if not bins:
+        raise TunelensError(f"{path}: no safetensors weights (model.safetensors or an index) found")
+    if not allow_pickle:
+        raise TunelensError(
+            f"{path}: only pickle weights ({bins[0].name}); pickle can run arbitrary code when loaded, "
+            "so tunelens refuses it unless you pass --allow-pickle (or convert to safetensors)"
+        )
+    warnings.warn(
+        f"{path}: loading pickle weights with torch.load(weights_only=True) because --allow-pickle was given",
+        stacklevel=2,
+    )
+    import torch  # noqa: PLC0415  (only on this explicit, rare path)
+
+    tensors: dict[str, TensorInfo] = {}
+    for b in bins:
+        digest.update(b.name.encode())
+        state = torch.load(b, map_location="cpu", weights_only=True, mmap=True)
+        for tname, t in state.items():
+            dtype = _TORCH_TO_ST.get(str(t.dtype).removeprefix("torch."), "F32")
+            tensors[tname] = TensorInfo(tname, tuple(t.shape), dtype, b, -1, -1)
+        del state
+    return tensors, tuple(bins)
+
+
+_TORCH_TO_ST = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+}  # fmt: skip

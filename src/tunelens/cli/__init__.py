@@ -1,0 +1,22 @@
+"""The ``tunelens`` command line: a thin click shell over :mod:`tunelens.api`.
+
+Nothing heavy is imported at module level (torch, transformers, numpy, safetensors are imported
+inside the commands), so ``tunelens --help`` is instant; a test checks it in a subprocess.
+"""
+
+from __future__ import annotations
+
+from tunelens.cli.app import cli
+from tunelens.cli.weights import diff_cmd, inspect_cmd, vector_cmd
+
+cli.add_command(inspect_cmd)
+cli.add_command(diff_cmd)
+cli.add_command(vector_cmd)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="tunelens")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,88 @@
+"""Options shared by the streaming commands, declared once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+F = Callable[..., Any]
+
+
+def read_options(fn: F) -> F:
+    """--vocab, --missing, --allow-pickle, --workers, --quiet."""
+    for deco in reversed(
+        [
+            click.option(
+                "--vocab",
+                type=click.Choice(["error", "crop", "skip"]),
+                default="error",
+                show_default=True,
+                help="What to do when embed/lm_head row counts differ: stop with a report, compare the "
+                "shared rows, or leave those tensors out (recorded in the output).",
+            ),
+            click.option(
+                "--missing",
+                type=click.Choice(["error", "skip"]),
+                default="error",
+                show_default=True,
+                help="Tensors of the base missing elsewhere: stop, or analyse the rest (recorded).",
+            ),
+            click.option(
+                "--allow-pickle",
+                is_flag=True,
+                help="Read pickle .bin checkpoints (unsafe: pickle can run code; weights_only=True is used).",
+            ),
+            click.option(
+                "--workers",
+                type=click.IntRange(1, 64),
+                default=2,
+                show_default=True,
+                help="Tensors in flight.",
+            ),
+            click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables."),
+        ]
+    ):
+        fn = deco(fn)
+    return fn
+
+
+def selection_options(fn: F) -> F:
+    """--components, --layers, --no-embeddings."""
+    for deco in reversed(
+        [
+            click.option(
+                "--components",
+                metavar="LIST",
+                help="Only these components or groups, e.g. q,v or attention,mlp "
+                "(embed q k v o gate up down attn_norm mlp_norm final_norm lm_head other).",
+            ),
+            click.option("--layers", metavar="RANGES", help="Only these layers, e.g. 0-11 or 0,4,8."),
+            click.option("--no-embeddings", is_flag=True, help="Leave embed and lm_head out entirely."),
+        ]
+    ):
+        fn = deco(fn)
+    return fn
+
+
+def make_read_options(kw: dict[str, Any]) -> Any:
+    from tunelens.config import ReadOptions
+
+    return ReadOptions(
+        vocab=kw.pop("vocab"),
+        missing=kw.pop("missing"),
+        allow_pickle=kw.pop("allow_pickle"),
+        workers=kw.pop("workers"),
+        quiet=kw.pop("quiet"),
+    )
+
+
+def make_selection(kw: dict[str, Any]) -> Any:
+    from tunelens.config import Selection, parse_components, parse_layers
+
+    return Selection(
+        components=parse_components(kw.pop("components")),
+        layers=parse_layers(kw.pop("layers")),
+        embeddings=not kw.pop("no_embeddings"),
+    )

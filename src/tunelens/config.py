@@ -1,0 +1,93 @@
+"""Typed, frozen options for each stage. Closed choices are ``Literal`` types checked on creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import get_args
+
+from tunelens.checkpoints.align import MissingPolicy, VocabPolicy
+from tunelens.checkpoints.architectures import COMPONENTS, GROUPS, Component
+from tunelens.errors import TunelensError
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which parts take part: components, layers, embeddings. ``None`` means all."""
+
+    components: tuple[Component, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.components is not None:
+            bad = [c for c in self.components if c not in COMPONENTS]
+            if bad:
+                raise TunelensError(f"unknown component(s) {', '.join(bad)}; choose from {', '.join(COMPONENTS)}")
+
+    def keeps(self, layer: int | None, component: str) -> bool:
+        if not self.embeddings and component in ("embed", "lm_head"):
+            return False
+        if self.components is not None and component not in self.components:
+            return False
+        return not (self.layers is not None and (layer is None or layer not in self.layers))
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "components": list(self.components) if self.components else "all",
+            "layers": list(self.layers) if self.layers is not None else "all",
+            "embeddings": self.embeddings,
+        }
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How inputs are opened and lined up (shared by every streaming stage)."""
+
+    vocab: VocabPolicy = "error"
+    missing: MissingPolicy = "error"
+    allow_pickle: bool = False
+    workers: int = 2
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.vocab not in get_args(VocabPolicy):
+            raise TunelensError(f"--vocab must be one of {', '.join(get_args(VocabPolicy))}, got {self.vocab}")
+        if self.missing not in get_args(MissingPolicy):
+            raise TunelensError(f"--missing must be one of {', '.join(get_args(MissingPolicy))}")
+        if self.workers < 1:
+            raise TunelensError("--workers must be at least 1")
+
+
+def parse_components(text: str | None) -> tuple[Component, ...] | None:
+    """``"q,k,mlp"`` → ``("q", "k", "gate", "up", "down")``; groups (attention, mlp, ...) expand."""
+    if not text:
+        return None
+    out: list[Component] = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        if item in GROUPS:
+            out.extend(GROUPS[item])
+        elif item in COMPONENTS:
+            out.append(item)
+        else:
+            names = ", ".join((*COMPONENTS, *GROUPS))
+            raise TunelensError(f"unknown component {item!r}; choose from {names}")
+    return tuple(dict.fromkeys(out))
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """``"0-3,7"`` → ``(0, 1, 2, 3, 7)``."""
+    if not text:
+        return None
+    out: list[int] = []
+    try:
+        for item in (t.strip() for t in text.split(",") if t.strip()):
+            if "-" in item:
+                lo, hi = (int(x) for x in item.split("-", 1))
+                if hi < lo:
+                    raise ValueError(item)
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(item))
+    except ValueError as exc:
+        raise TunelensError(f"bad --layers {text!r}: use e.g. 0-11 or 0,4,8") from exc
+    return tuple(sorted(set(out)))

@@ -1,0 +1,83 @@
+"""Per-tensor work as independent jobs whose results reduce by addition.
+
+Every streaming stage (diff, vector, apply, subspace) is a list of jobs, one per aligned tensor,
+and a pure function ``fn(job) -> result``. :func:`run_jobs` is the in-process executor: a bounded
+thread pool (torch releases the GIL in its kernels and in file reads, so reading one tensor
+overlaps computing on another), results returned in job order, a progress bar on a TTY. Jobs carry
+paths and byte ranges, never tensors, so a multi-process or cluster executor can take them over
+unchanged.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress bars only on an interactive terminal and never with ``--quiet``."""
+    return not quiet and sys.stderr.isatty()
+
+
+def iter_jobs(
+    jobs: Sequence[J],
+    fn: Callable[[J], R],
+    *,
+    workers: int = 2,
+    desc: str = "",
+    quiet: bool = False,
+    weight: Callable[[J], int] | None = None,
+) -> Iterator[R]:
+    """Yield ``fn(job)`` for each job, in order, with at most ``workers`` jobs in flight."""
+    from tqdm import tqdm
+
+    total = sum(weight(j) for j in jobs) if weight else len(jobs)
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        disable=not show_progress(quiet),
+        unit="B" if weight else "tensor",
+        unit_scale=bool(weight),
+        leave=False,
+    )
+    try:
+        if workers <= 1:
+            for job in jobs:
+                yield fn(job)
+                bar.update(weight(job) if weight else 1)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: list[tuple[J, Future[R]]] = []
+            it = iter(jobs)
+            for job in it:
+                pending.append((job, pool.submit(fn, job)))
+                if len(pending) >= workers:
+                    break
+            while pending:
+                job, fut = pending.pop(0)
+                result = fut.result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(fn, nxt)))
+                bar.update(weight(job) if weight else 1)
+                yield result
+    finally:
+        bar.close()
+
+
+def run_jobs(
+    jobs: Sequence[J],
+    fn: Callable[[J], R],
+    *,
+    workers: int = 2,
+    desc: str = "",
+    quiet: bool = False,
+    weight: Callable[[J], int] | None = None,
+) -> list[R]:
+    """All results of :func:`iter_jobs`, as a list in job order."""
+    return list(iter_jobs(jobs, fn, workers=workers, desc=desc, quiet=quiet, weight=weight))

@@ -1,0 +1,1 @@
+"""Stage 4: tables, terminal output, plots and the HTML report."""

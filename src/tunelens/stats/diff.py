@@ -1,0 +1,182 @@
+"""``diff``: one streaming pass over a base and N tuned models (or vectors) → weight statistics.
+
+Per part (a tensor, or a slice of a fused one) the pass accumulates :class:`Sums`; every group
+value (whole model, without embeddings, component, attention/mlp, layer) is computed from the
+added sums, never as a mean of per-tensor values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunelens.checkpoints.align import AlignedTensor, Alignment, align
+from tunelens.checkpoints.architectures import COMPONENTS, GROUPS
+from tunelens.checkpoints.index import Checkpoint
+from tunelens.checkpoints.naming import Part
+from tunelens.checkpoints.stream import ReaderPool, select_part
+from tunelens.config import ReadOptions, Selection
+from tunelens.jobs import run_jobs
+from tunelens.stats.accumulate import Sums, part_sums
+from tunelens.stats.similarity import metrics, random_std, signflip_std, vector_cosine
+from tunelens.vectors.tuning_vector import read_aligned
+
+TENSOR_COLUMNS = (
+    "model", "tensor", "layer", "component", "shape", "numel", "cosine", "one_minus_cosine",
+    "relative_change", "base_norm", "tuned_norm", "delta_norm",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PartSums:
+    """The sums of one part, with the shape it had (after split and vocab crop)."""
+
+    part: Part
+    shape: tuple[int, ...]
+    sums: Sums
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """Everything ``diff`` measured: per-part rows and the grouped summary."""
+
+    names: tuple[str, ...]
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    alignment: Alignment
+    parts: list[PartSums] = field(repr=False, default_factory=list)
+
+
+def diff_alignment(alignment: Alignment, selection: Selection, options: ReadOptions) -> DiffResult:
+    """Run the pass over an existing alignment plan."""
+    jobs = [job for job in alignment.tensors if any(selection.keeps(p.layer, p.component) for p in job.parts)]
+    n = len(alignment.others)
+    reader_local = ReaderPool()
+
+    def work(job: AlignedTensor) -> list[PartSums]:
+        reader = reader_local.get()
+        base, deltas = read_aligned(reader, alignment, job)
+        out = []
+        for part in job.parts:
+            if selection.keeps(part.layer, part.component):
+                w = select_part(base, part)
+                sums = part_sums(w, [select_part(d, part) for d in deltas], null=n > 1)
+                out.append(PartSums(part, tuple(w.shape), sums))
+        return out
+
+    try:
+        results = run_jobs(
+            jobs,
+            work,
+            workers=options.workers,
+            desc="diff",
+            quiet=options.quiet,
+            weight=lambda j: j.base.nbytes * (1 + n),
+        )
+    finally:
+        reader_local.close()
+    parts = [item for res in results for item in res]
+    names = tuple(ck.name for ck in alignment.others)
+    rows = _tensor_rows(parts, names)
+    summary = summarize(parts, alignment.others)
+    return DiffResult(names, rows, summary, alignment, parts)
+
+
+def diff(
+    base: Checkpoint,
+    tuned: list[Checkpoint],
+    *,
+    selection: Selection | None = None,
+    options: ReadOptions | None = None,
+) -> DiffResult:
+    """Weight cosine, relative change and vector cosine of ``tuned`` models against ``base``."""
+    options = options or ReadOptions()
+    alignment = align(base, tuned, vocab=options.vocab, missing=options.missing)
+    return diff_alignment(alignment, selection or Selection(), options)
+
+
+def _tensor_rows(parts: list[PartSums], names: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = []
+    for i, name in enumerate(names):
+        for ps in parts:
+            part, s = ps.part, ps.sums
+            shape = "x".join(str(x) for x in ps.shape)
+            rows.append(
+                {
+                    "model": name,
+                    "tensor": part.tensor,
+                    "layer": "" if part.layer is None else part.layer,
+                    "component": part.component,
+                    "shape": shape,
+                    **metrics(s, i),
+                }
+            )
+    return rows
+
+
+def group_sums(parts: list[PartSums], n: int, key: Callable[[Part], Any]) -> dict[Any, Sums]:
+    """Add the sums of every part by ``key(part)`` (parts whose key is None are left out)."""
+    out: dict[Any, Sums] = {}
+    for ps in parts:
+        k, s = key(ps.part), ps.sums
+        if k is None:
+            continue
+        out[k] = out[k] + s if k in out else s
+    return out
+
+
+def summarize(parts: list[PartSums], others: tuple[Checkpoint, ...]) -> dict[str, Any]:
+    """Group metrics per model and the vector-cosine matrices (DESIGN.md §3 ``summary.json``)."""
+    n = len(others)
+    total = group_sums(parts, n, lambda p: "all").get("all", Sums.zero(n))
+    no_embed = group_sums(parts, n, lambda p: None if p.component in ("embed", "lm_head") else "x").get(
+        "x", Sums.zero(n)
+    )
+    by_comp = group_sums(parts, n, lambda p: p.component)
+    by_group = group_sums(parts, n, _group_of)
+    by_layer = group_sums(parts, n, lambda p: p.layer)
+    comp_order = [c for c in COMPONENTS if c in by_comp]
+    models = []
+    for i, ck in enumerate(others):
+        models.append(
+            {
+                "name": ck.name,
+                "path": str(ck.path),
+                "kind": ck.kind,
+                "global": metrics(total, i),
+                "without_embeddings": metrics(no_embed, i),
+                "by_component": {c: metrics(by_comp[c], i) for c in comp_order},
+                "by_group": {g: metrics(s, i) for g, s in by_group.items()},
+                "by_layer": [{"layer": layer, **metrics(by_layer[layer], i)} for layer in sorted(by_layer)],
+            }
+        )
+    return {
+        "models": models,
+        "vector_cosine": {
+            "names": [ck.name for ck in others],
+            **_vector_block(total),
+            "without_embeddings": _vector_block(no_embed),
+            "by_component": {c: _vector_block(by_comp[c]) for c in comp_order},
+            "by_group": {g: _vector_block(s) for g, s in by_group.items()},
+            "by_layer": [{"layer": layer, **_vector_block(by_layer[layer])} for layer in sorted(by_layer)],
+        },
+    }
+
+
+def _group_of(part: Part) -> str | None:
+    """``attention`` or ``mlp`` for their components, else None."""
+    return next((g for g in ("attention", "mlp") if part.component in GROUPS[g]), None)
+
+
+def _vector_block(s: Sums) -> dict[str, Any]:
+    n = len(s.base_dot)
+    return {
+        "matrix": [[vector_cosine(s, i, j) for j in range(n)] for i in range(n)],
+        "baseline": {
+            "numel": s.numel,
+            "random_std": random_std(s.numel),
+            "signflip_std": [[signflip_std(s, i, j) for j in range(n)] for i in range(n)],
+            "null_mean": 0.0,
+        },
+    }

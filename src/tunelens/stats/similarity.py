@@ -1,0 +1,70 @@
+"""Cosine, 1 − cosine, relative change and vector cosine from :class:`Sums` (pure float64 math)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tunelens.stats.accumulate import Sums
+
+DEFINITIONS: dict[str, str] = {
+    "tuning_vector": "tau = theta_ft - theta_pre per tensor, computed in float32",
+    "cosine": "sum<A,B> / sqrt(sum|A|^2 * sum|B|^2) over all elements of the group (A = base, B = tuned), "
+    "exact float64 accumulation, never subsampled, never a mean of per-tensor cosines",
+    "one_minus_cosine": "(|tau|^2 - (|A|-|B|)^2) / (2|A||B|) with (|A|-|B|)^2 = (2<A,tau>+|tau|^2)^2/(|A|+|B|)^2: "
+    "accurate near cosine = 1 (no cancellation in 1 - fraction)",
+    "relative_change": "|tau| / |theta_pre| over the group",
+    "vector_cosine": "sum<tau_i,tau_j> / sqrt(sum|tau_i|^2 * sum|tau_j|^2) over the group, float64",
+    "baseline_random_std": "1/sqrt(D): std of the cosine of two independent isotropic random vectors of the "
+    "group's size D (null mean 0)",
+    "baseline_signflip_std": "sqrt(sum tau_i^2 tau_j^2) / (|tau_i||tau_j|): exact std of the cosine when "
+    "tau_j's element signs are flipped at random (measured control, null mean 0)",
+    "accumulation": "products in float32 (exact for bf16/fp16 inputs), sums in float64, per 2^20-element chunk",
+    "fused_tensors": "Phi-3 qkv_proj / gate_up_proj and GPT-2 c_attn split into q,k,v / gate,up by the config's "
+    "head counts; GPT-2 Conv1D weights are [in, out] (transpose-invariant here)",
+    "tied_weights": "a tied lm_head is reported once, as embed",
+}
+
+
+def metrics(s: Sums, i: int) -> dict[str, Any]:
+    """Weight cosine, 1 − cosine, relative change and norms of model ``i`` over a group."""
+    a2 = s.base_sq
+    d2 = s.delta_sq(i)
+    b2 = max(s.tuned_sq(i), 0.0)
+    a, b = math.sqrt(a2), math.sqrt(b2)
+    if a == 0.0 or b == 0.0:
+        cosine = 1.0 if a == b else 0.0
+        omc = 1.0 - cosine
+    else:
+        gap = 2.0 * s.base_dot[i] + d2  # |B|^2 - |A|^2
+        norm_gap_sq = gap * gap / ((a + b) ** 2)  # (|A| - |B|)^2 without cancellation
+        omc = max(d2 - norm_gap_sq, 0.0) / (2.0 * a * b)
+        cosine = 1.0 - omc
+    return {
+        "numel": s.numel,
+        "cosine": cosine,
+        "one_minus_cosine": omc,
+        "relative_change": math.sqrt(d2) / a if a > 0 else (0.0 if d2 == 0 else math.inf),
+        "base_norm": a,
+        "tuned_norm": b,
+        "delta_norm": math.sqrt(d2),
+    }
+
+
+def vector_cosine(s: Sums, i: int, j: int) -> float:
+    """cos(τᵢ, τⱼ) over the group; 0 when either vector is zero there."""
+    den = math.sqrt(s.cross[i][i] * s.cross[j][j])
+    return s.cross[i][j] / den if den > 0 else 0.0
+
+
+def signflip_std(s: Sums, i: int, j: int) -> float:
+    """Exact std of cos(τᵢ, ε⊙τⱼ) over random signs ε (the measured null control)."""
+    if i == j:
+        return 0.0
+    den = s.cross[i][i] * s.cross[j][j]
+    return math.sqrt(s.cross_sq[i][j] / den) if den > 0 else 0.0
+
+
+def random_std(numel: int) -> float:
+    """Std of the cosine of two independent random vectors of dimension ``numel``."""
+    return 1.0 / math.sqrt(numel) if numel > 0 else 0.0
