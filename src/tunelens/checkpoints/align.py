@@ -168,7 +168,16 @@ def align(
         extra = [n for n in ck.tensors if n not in base.tensors and ck.arch.parse(n)[1] != "lm_head"]
         if extra:
             notes.append(f"{ck.name} has {len(extra)} tensor(s) the base lacks, ignored ({extra[0]}, ...)")
+    tensors.sort(key=lambda t: _natural_key(base, t.name))
     return Alignment(base, others, tuple(tensors), tuple(skipped), tuple(cropped), tuple(dict.fromkeys(notes)))
+
+
+def _natural_key(ck: Checkpoint, name: str) -> tuple[float, str]:
+    """Embeddings first, then layers in order, then final norm / lm_head: the same for any sharding."""
+    layer, component = ck.arch.parse(name)
+    if layer is not None:
+        return (float(layer), name)
+    return (-1.0 if component == "embed" else float("inf"), name)
 
 
 def _check_parent(base: Checkpoint, ck: Checkpoint, notes: list[str]) -> None:

@@ -150,7 +150,7 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, name: str |
             if not shard.exists():
                 raise TunelensError(f"{index_path} names shard {fname}, which is missing")
             infos, header = read_safetensors_header(shard)
-            digest.update(header)
+            digest.update(header + _edges(shard, len(header)))
             tensors.update(infos)
         missing = [n for n in weight_map if n not in tensors]
         if missing:
@@ -163,7 +163,7 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, name: str |
         tensors = {}
         for shard in singles:
             infos, header = read_safetensors_header(shard)
-            digest.update(header)
+            digest.update(header + _edges(shard, len(header)))
             tensors.update(infos)
         shard_paths = tuple(singles)
     else:
@@ -233,6 +233,25 @@ def read_safetensors_header(shard: Path) -> tuple[dict[str, TensorInfo], bytes]:
             f"{shard}: truncated: the header describes {data_start + data_end} bytes, the file has {size}"
         )
     return infos, raw
+
+
+EDGE_BYTES = 1 << 16
+
+
+def _edges(shard: Path, header_len: int) -> bytes:
+    """First and last 64 KiB of a shard's data: with the headers, a quick identity of the weights.
+
+    The fingerprint is sha256 over config.json, the index and, per shard, its header and these
+    edges; it is not a full content hash (that would cost a whole read of every input).
+    """
+    start = 8 + header_len
+    size = shard.stat().st_size
+    with shard.open("rb") as fh:
+        fh.seek(start)
+        head = fh.read(min(EDGE_BYTES, size - start))
+        fh.seek(max(start, size - EDGE_BYTES))
+        tail = fh.read()
+    return head + tail
 
 
 def _read_bytes(p: Path) -> bytes:

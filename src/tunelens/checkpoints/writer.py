@@ -77,7 +77,8 @@ class ShardedWriter:
         for fname, group in zip(names, groups, strict=True):
             header: dict[str, Any] = {"__metadata__": meta}
             off = 0
-            for p in group:
+            # widest dtypes first (as safetensors does): every tensor starts aligned to its element size
+            for p in sorted(group, key=lambda q: -DTYPE_SIZES[q.dtype]):
                 header[p.name] = {
                     "dtype": p.dtype,
                     "shape": list(p.shape),

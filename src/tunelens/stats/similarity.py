@@ -23,6 +23,8 @@ DEFINITIONS: dict[str, str] = {
     "fused_tensors": "Phi-3 qkv_proj / gate_up_proj and GPT-2 c_attn split into q,k,v / gate,up by the config's "
     "head counts; GPT-2 Conv1D weights are [in, out] (transpose-invariant here)",
     "tied_weights": "a tied lm_head is reported once, as embed",
+    "undefined": "cosine and one_minus_cosine are NaN (null in JSON) when a group's base or tuned norm is 0; "
+    "relative_change is NaN when the base norm is 0 and tau is not",
 }
 
 
@@ -32,9 +34,8 @@ def metrics(s: Sums, i: int) -> dict[str, Any]:
     d2 = s.delta_sq(i)
     b2 = max(s.tuned_sq(i), 0.0)
     a, b = math.sqrt(a2), math.sqrt(b2)
-    if a == 0.0 or b == 0.0:
-        cosine = 1.0 if a == b else 0.0
-        omc = 1.0 - cosine
+    if a == 0.0 or b == 0.0:  # cosine undefined (e.g. Gemma norms initialised to 0): NaN, null in JSON
+        cosine = omc = math.nan
     else:
         gap = 2.0 * s.base_dot[i] + d2  # |B|^2 - |A|^2
         norm_gap_sq = gap * gap / ((a + b) ** 2)  # (|A| - |B|)^2 without cancellation
@@ -44,7 +45,7 @@ def metrics(s: Sums, i: int) -> dict[str, Any]:
         "numel": s.numel,
         "cosine": cosine,
         "one_minus_cosine": omc,
-        "relative_change": math.sqrt(d2) / a if a > 0 else (0.0 if d2 == 0 else math.inf),
+        "relative_change": math.sqrt(d2) / a if a > 0 else (0.0 if d2 == 0 else math.nan),
         "base_norm": a,
         "tuned_norm": b,
         "delta_norm": math.sqrt(d2),
