@@ -1,18 +1,21 @@
 """Float64 sums of one streaming pass: ‖W‖², ‖τᵢ‖², ⟨W, τᵢ⟩, ⟨τᵢ, τⱼ⟩ and Σ τᵢ²τⱼ² per part.
 
-Products are formed in float32 and summed in float64 (``torch.sum(..., dtype=float64)``) chunk by
-chunk: for bf16/fp16 weights a float32 product of two stored values is exact, and the float64 sum
-keeps every group total exact to ~1e-15 relative; τ products carry float32 rounding (≤ 6e-8
-relative per term, unbiased). All group values derive from these sums, so they reduce by addition.
+Products are formed in float32 and summed in float64 (``torch.sum(..., dtype=float64)``), chunk
+by chunk of 64K elements: for bf16/fp16 weights the float32 product of two stored values is exact
+and the float64 sum keeps ‖W‖² exact to ~1e-15; products involving τ carry float32 rounding
+(≤ 2⁻²⁴ relative per term, so a cosine is off by at most 6e-8 absolute, by Cauchy-Schwarz).
+All group values derive from these sums, so they reduce by addition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-CHUNK = 1 << 20  # elements per float64 reduction step: bounded temporaries, cache friendly
+CHUNK = 1 << 16  # elements per step: temporaries stay in cache (measured fastest of 16K-1M, bench/)
 
 
 @dataclass(frozen=True)
@@ -55,41 +58,57 @@ def _add2(a: tuple[tuple[float, ...], ...], b: tuple[tuple[float, ...], ...]) ->
     return tuple(tuple(x + y for x, y in zip(ra, rb, strict=True)) for ra, rb in zip(a, b, strict=True))
 
 
-def _dot64(a: torch.Tensor, b: torch.Tensor) -> float:
-    total = 0.0
-    for s in range(0, a.numel(), CHUNK):
-        x = a[s : s + CHUNK]
-        y = x if b is a else b[s : s + CHUNK]
-        total += float(torch.sum(x * y, dtype=torch.float64))
-    return total
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch single-threaded: the pass parallelises across tensors (``jobs.run_jobs``) instead.
+
+    Intra-op threads on top of the job threads oversubscribe the cores; on 2 busy cores that
+    measured up to 15x slower for these memory-bound kernels (``bench/``).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
-def part_sums(base: torch.Tensor, deltas: list[torch.Tensor], *, null: bool = True) -> Sums:
-    """Sums for one part: ``base`` W and each τᵢ (float32, same shape). Never subsamples."""
+def part_sums(
+    base: torch.Tensor, others: list[tuple[torch.Tensor, bool]], *, null: bool = True, chunk: int = CHUNK
+) -> Sums:
+    """Sums for one part from stored tensors: ``base`` W and, per source, its tensor and ``is_vector``.
+
+    τᵢ = float32(ftᵢ) − float32(W) for a fine-tune, float32(stored) for a vector folder, formed
+    chunk by chunk (cache-resident temporaries); never subsampled.
+    """
     w = base.reshape(-1)
-    ds = [d.reshape(-1) for d in deltas]
-    n = len(ds)
-    base_sq = _dot64(w, w)
-    base_dot = tuple(_dot64(w, d) for d in ds)
+    srcs = [(t.reshape(-1), vec) for t, vec in others]
+    n = len(srcs)
+    base_sq = 0.0
+    base_dot = [0.0] * n
     cross = [[0.0] * n for _ in range(n)]
     cross_sq = [[0.0] * n for _ in range(n)]
-    for i in range(n):
-        for j in range(i, n):
-            cross[i][j] = cross[j][i] = _dot64(ds[i], ds[j])
-            if null and i != j:
-                cross_sq[i][j] = cross_sq[j][i] = _sq_dot64(ds[i], ds[j])
+    f64 = torch.float64
+    for s in range(0, w.numel(), chunk):
+        a = w[s : s + chunk].float()
+        ds = [t[s : s + chunk].float() if vec else t[s : s + chunk].float().sub_(a) for t, vec in srcs]
+        base_sq += float(torch.sum(a * a, dtype=f64))
+        for i, d in enumerate(ds):
+            base_dot[i] += float(torch.sum(a * d, dtype=f64))
+            for j in range(i, n):
+                p = d * ds[j]
+                v = float(torch.sum(p, dtype=f64))
+                cross[i][j] += v
+                if j != i:
+                    cross[j][i] += v
+                    if null:
+                        q = float(torch.sum(p * p, dtype=f64))
+                        cross_sq[i][j] += q
+                        cross_sq[j][i] += q
     return Sums(
         w.numel(),
         base_sq,
-        base_dot,
+        tuple(base_dot),
         tuple(tuple(r) for r in cross),
         tuple(tuple(r) for r in cross_sq),
     )
-
-
-def _sq_dot64(a: torch.Tensor, b: torch.Tensor) -> float:
-    total = 0.0
-    for s in range(0, a.numel(), CHUNK):
-        x = a[s : s + CHUNK] * b[s : s + CHUNK]
-        total += float(torch.sum(x * x, dtype=torch.float64))
-    return total

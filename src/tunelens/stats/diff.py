@@ -18,9 +18,9 @@ from tunelens.checkpoints.naming import Part
 from tunelens.checkpoints.stream import ReaderPool, select_part
 from tunelens.config import ReadOptions, Selection
 from tunelens.jobs import run_jobs
-from tunelens.stats.accumulate import Sums, part_sums
+from tunelens.stats.accumulate import Sums, part_sums, single_threaded
 from tunelens.stats.similarity import metrics, random_std, signflip_std, vector_cosine
-from tunelens.vectors.tuning_vector import read_aligned
+from tunelens.vectors.tuning_vector import read_stored
 
 TENSOR_COLUMNS = (
     "model", "tensor", "layer", "component", "shape", "numel", "cosine", "one_minus_cosine",
@@ -56,24 +56,25 @@ def diff_alignment(alignment: Alignment, selection: Selection, options: ReadOpti
 
     def work(job: AlignedTensor) -> list[PartSums]:
         reader = reader_local.get()
-        base, deltas = read_aligned(reader, alignment, job)
+        base, others = read_stored(reader, alignment, job)
         out = []
         for part in job.parts:
             if selection.keeps(part.layer, part.component):
                 w = select_part(base, part)
-                sums = part_sums(w, [select_part(d, part) for d in deltas], null=n > 1)
-                out.append(PartSums(part, tuple(w.shape), sums))
+                srcs = [(select_part(t, part), vec) for t, vec in others]
+                out.append(PartSums(part, tuple(w.shape), part_sums(w, srcs, null=n > 1)))
         return out
 
     try:
-        results = run_jobs(
-            jobs,
-            work,
-            workers=options.workers,
-            desc="diff",
-            quiet=options.quiet,
-            weight=lambda j: j.base.nbytes * (1 + n),
-        )
+        with single_threaded():
+            results = run_jobs(
+                jobs,
+                work,
+                workers=options.workers,
+                desc="diff",
+                quiet=options.quiet,
+                weight=lambda j: j.base.nbytes * (1 + n),
+            )
     finally:
         reader_local.close()
     parts = [item for res in results for item in res]
