@@ -22,7 +22,10 @@ from tunelens.stats.diff import diff as _diff
 from tunelens.stats.similarity import DEFINITIONS
 from tunelens.vectors.write import write_vector
 
-__all__ = ["DiffResult", "Selection", "ReadOptions", "diff", "inspect", "open_checkpoint", "vector"]
+__all__ = [
+    "DiffResult", "Selection", "ReadOptions", "diff", "inspect", "open_checkpoint", "vector", "apply", "lora",
+    "activations", "subspace", "evaluate",
+]  # fmt: skip
 
 
 def _open(spec: str | Path | Checkpoint, options: ReadOptions) -> Checkpoint:
@@ -93,4 +96,218 @@ def vector(
     check_target(Path(out), force)
     return write_vector(
         _open(base, options), _open(tuned, options), Path(out), dtype=dtype, options=options, force=force
+    )
+
+
+def apply(
+    recipe: Any,
+    out: str | Path,
+    *,
+    options: ReadOptions | None = None,
+    force: bool = False,
+) -> Any:
+    """Write θ = θ_target + Σ λ_i τ_i (a :class:`tunelens.arithmetic.spec.Recipe`, or a YAML recipe path).
+
+    Build a recipe with ``tunelens.arithmetic.spec.build_recipe(base, [parse_vector_spec("ft/:-1")])``.
+    Returns an ``ApplyResult`` (``.out``, ``.metadata`` = the written tunelens.json).
+    """
+    from tunelens.arithmetic.combine import apply_recipe
+    from tunelens.arithmetic.spec import Recipe, load_recipe
+
+    plan = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    return apply_recipe(plan, out, options=options, force=force)
+
+
+def lora(
+    base: str | Path | Checkpoint,
+    tuned: str | Path | Checkpoint,
+    out: str | Path,
+    *,
+    rank: int | None = None,
+    energy: float | None = None,
+    options: ReadOptions | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Extract a PEFT LoRA adapter of τ = tuned − base (fixed rank or energy threshold); returns tunelens.json."""
+    from tunelens.arithmetic.lora import LoraSpec, extract_lora
+
+    options = options or ReadOptions()
+    spec = LoraSpec(rank=rank, energy=energy)
+    check_target(Path(out), force)
+    return extract_lora(_open(base, options), _open(tuned, options), out, spec, options=options, force=force)
+
+
+def activations(
+    models: list[str | Path | Checkpoint] | tuple[str | Path | Checkpoint, ...],
+    *,
+    corpus: str | Path | list[str | Path] | None = None,
+    out: str | Path | None = None,
+    options: Any = None,
+    force: bool = False,
+) -> Any:
+    """Fraction of active FFN neurons per layer of each model on ``corpus`` and the normalised
+    distance between the binary activation patterns of every pair (DESIGN.md §1).
+
+    ``options`` is an :class:`tunelens.activations.options.ActivationOptions`; ``corpus`` defaults to
+    the bundled HPO medical corpus. Returns an ``ActivationResult`` (``.summary`` is the JSON, ``.rows``
+    the CSV rows); with ``out``, writes ``activations.json`` and ``activations.csv`` there.
+    """
+    from tunelens.activations.loading import open_models
+    from tunelens.activations.options import ActivationOptions, definitions
+    from tunelens.activations.run import CSV_COLUMNS, run_activations
+
+    options = options or ActivationOptions()
+    if out is not None:
+        check_target(Path(out), force)
+    clock = RunClock()
+    cks = open_models(list(models))
+    paths = None if corpus is None else [Path(c) for c in ([corpus] if isinstance(corpus, str | Path) else corpus)]
+    result = run_activations(cks, paths, options)
+    result.summary.update(clock.metadata([c.describe() for c in cks], definitions=definitions(options)))
+    if out is not None:
+        with atomic_dir(Path(out), force=force) as tmp:
+            write_json(tmp / "activations.json", result.summary)
+            write_csv(tmp / "activations.csv", result.rows, CSV_COLUMNS)
+    return result
+
+
+def subspace(
+    base: str | Path | Checkpoint,
+    tuned: list[str | Path | Checkpoint] | tuple[str | Path | Checkpoint, ...],
+    *,
+    out: str | Path | None = None,
+    energy: float | list[float] | tuple[float, ...] | None = None,
+    rank_fraction: float | list[float] | tuple[float, ...] | None = None,
+    rank: int | list[int] | tuple[int, ...] | None = None,
+    per_head: bool = False,
+    tau_rank: int = 16,
+    tau_spectrum: bool = True,
+    method: str = "auto",
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    selection: Selection | None = None,
+    options: ReadOptions | None = None,
+    force: bool = False,
+) -> Any:
+    """Subspace alignment (SSA) of each tuned model's τ with the base's top-k singular subspaces.
+
+    k comes from every given ``energy`` η, ``rank_fraction`` f and ``rank`` k (default η = 0.9), all
+    from one decomposition per tensor; the base's decompositions are cached under ``cache_dir``
+    (default ``$TUNELENS_CACHE/subspace`` or ``~/.cache/tunelens/subspace``). Returns a
+    ``SubspaceResult`` (``.rows`` = ``subspace.csv``, ``.summary`` = ``summary.json``); with ``out``,
+    writes both there (DESIGN.md §3).
+    """
+    from tunelens.errors import TunelensError
+    from tunelens.stats.subspace import SUBSPACE_COLUMNS, SubspaceOptions
+    from tunelens.stats.subspace import subspace as _subspace
+    from tunelens.stats.subspace_basis import BasisCache, Criterion, default_cache_dir
+
+    options = options or ReadOptions()
+    selection = selection or Selection()
+    if out is not None:
+        check_target(Path(out), force)
+
+    def values(v: float | list[float] | tuple[float, ...] | list[int] | tuple[int, ...] | None) -> list[float]:
+        return [] if v is None else [float(x) for x in (v if isinstance(v, list | tuple) else [v])]
+
+    criteria = [Criterion("energy", x) for x in values(energy)]
+    criteria += [Criterion("rank_fraction", x) for x in values(rank_fraction)]
+    criteria += [Criterion("rank", x) for x in values(rank)]
+    folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if use_cache else None
+    opts = SubspaceOptions(
+        criteria=tuple(criteria) or (Criterion("energy", 0.9),),
+        per_head=per_head,
+        tau_rank=tau_rank,
+        tau_spectrum=tau_spectrum,
+        method=method,  # type: ignore[arg-type]  # validated by SubspaceOptions
+        cache=BasisCache(folder),
+    )
+    clock = RunClock()
+    b = _open(base, options)
+    ts = [_open(t, options) for t in tuned]
+    if not ts:
+        raise TunelensError("subspace needs at least one tuned model or vector")
+    names = [t.name for t in ts]
+    if len(set(names)) != len(names):
+        raise TunelensError(f"model names must be unique, got {names}; name them with name=path")
+    result = _subspace(b, ts, selection=selection, read=options, opts=opts)
+    result.summary.update(
+        clock.metadata(
+            [b.describe(), *(t.describe() for t in ts)],
+            selection=selection.describe(),
+            alignment=result.alignment.report(),
+            compute_dtype="basis float64 (U, V used in float32); projections float32, sums float64",
+        )
+    )
+    if out is not None:
+        with atomic_dir(Path(out), force=force) as tmp:
+            write_csv(tmp / "subspace.csv", result.rows, SUBSPACE_COLUMNS)
+            write_json(tmp / "summary.json", result.summary)
+    return result
+
+
+def evaluate(
+    model: str | Path,
+    tasks: list[str] | tuple[str, ...],
+    *,
+    out: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    num_fewshot: int | None = None,
+    max_new_tokens: int | None = None,
+    chat_template: str | None = None,
+    options: Any = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    force: bool = False,
+    apply: list[str] | tuple[str, ...] = (),
+    sweep: str | list[float] | None = None,
+    lm_eval_tasks: list[str] | tuple[str, ...] = (),
+    lm_eval_include: str | Path | None = None,
+) -> Any:
+    """Score ``model`` on ``tasks``; with ``apply`` (and ``sweep``), score ``model + Σ λ τ`` in memory.
+
+    With ``out``, writes ``results.json``, ``results.csv`` and ``samples.jsonl`` there (DESIGN.md §3).
+    Returns a :class:`tunelens.evaluation.evaluate.EvalResult`.
+    """
+    from tunelens.errors import TunelensError
+    from tunelens.evaluation.evaluate import evaluate as _evaluate
+    from tunelens.evaluation.model import load_model
+    from tunelens.evaluation.run import RunOptions
+    from tunelens.evaluation.variants import edit_variants, parse_sweep
+
+    opts = options or RunOptions()
+    scales = parse_sweep(sweep) if isinstance(sweep, str) or sweep is None else list(sweep)
+    if scales and not apply:
+        raise TunelensError("--sweep needs at least one --apply term")
+    if out is not None:
+        check_target(Path(out), force)
+    lm = load_model(model, dtype=dtype, device=device)  # type: ignore[arg-type]  # validated by load_model
+    variants = edit_variants(lm, list(apply), scales) or None
+    extra = None
+    if lm_eval_tasks:
+        from tunelens.evaluation.lm_eval_adapter import run_lm_eval
+
+        def extra(lm_: Any, variant: Any) -> list[dict[str, Any]]:
+            return run_lm_eval(
+                lm_,
+                list(lm_eval_tasks),
+                variant=variant.name,
+                include=lm_eval_include,
+                num_fewshot=num_fewshot,
+                limit=opts.limit,
+                batch_size=opts.batch_size,
+            )
+
+    return _evaluate(
+        lm,
+        list(tasks),
+        out=out,
+        data_dir=data_dir,
+        num_fewshot=num_fewshot,
+        max_new_tokens=max_new_tokens,
+        chat_template=chat_template,  # type: ignore[arg-type]  # validated by TaskSpec
+        variants=variants,
+        options=opts,
+        force=force,
+        extra_results=extra,
     )

@@ -6,12 +6,22 @@ inside the commands), so ``tunelens --help`` is instant; a test checks it in a s
 
 from __future__ import annotations
 
+from tunelens.cli.activations import activations_cmd
 from tunelens.cli.app import cli
+from tunelens.cli.apply import apply_cmd
+from tunelens.cli.evaluate import evaluate_cmd
+from tunelens.cli.lora import lora_cmd
+from tunelens.cli.subspace import subspace_cmd
 from tunelens.cli.weights import diff_cmd, inspect_cmd, vector_cmd
 
 cli.add_command(inspect_cmd)
 cli.add_command(diff_cmd)
 cli.add_command(vector_cmd)
+cli.add_command(apply_cmd)
+cli.add_command(lora_cmd)
+cli.add_command(activations_cmd)
+cli.add_command(subspace_cmd)
+cli.add_command(evaluate_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,203 @@
+"""The recipe: corpus → tokens once → one model at a time → exact counts and pairwise distances.
+
+Only one model is resident at a time. Model 0 stores its bit-packed patterns on disk; model i is
+compared token by token with models 0..i-1 while it runs, and stores its own patterns if a later
+model needs them: disk use is ``(models - 1) * layers * tokens * ceil(d_ff / 8)`` bytes, plus 4
+bytes per token for the token file, in a temporary folder removed at the end (``work_dir``).
+``store=False`` keeps fractions only and writes no patterns.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelens.activations.bundled import bundled_corpus
+from tunelens.activations.collect import ModelCounts, collect
+from tunelens.activations.compare import QUANTILES, PairSums, require_rapidfuzz
+from tunelens.activations.corpus import TOKEN_DTYPE, TokenizedCorpus, find_files, tokenize
+from tunelens.activations.hooks import find_sites
+from tunelens.activations.loading import check_vocab, load_model, resolve_dtype, shared_tokenizer
+from tunelens.activations.options import ActivationOptions
+from tunelens.activations.store import PatternStore, store_bytes
+from tunelens.checkpoints.index import Checkpoint
+from tunelens.errors import TunelensError
+from tunelens.jobs import show_progress
+
+CSV_COLUMNS = ("kind", "name", "a", "b", "layer", "metric", "value")
+
+
+@dataclass(frozen=True)
+class ActivationResult:
+    """``summary`` is ``activations.json``; ``rows`` are the long-format rows of ``activations.csv``."""
+
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+
+def run_activations(
+    models: list[Checkpoint], corpus_paths: list[Path] | None, options: ActivationOptions
+) -> ActivationResult:
+    """Fractions active per layer for every model and distances for every pair (see the module docstring)."""
+    if options.distance == "levenshtein" and options.store and len(models) > 1:
+        require_rapidfuzz()
+    files = find_files(list(corpus_paths) if corpus_paths else [bundled_corpus()])
+    tokenizer, tokenizer_info = shared_tokenizer(models, options)
+    dtype = resolve_dtype(options, models[0])
+    stored = options.store and len(models) > 1
+    if stored:
+        _check_same_shape(models)
+    counts: list[ModelCounts] = []
+    pairs: list[PairSums] = []
+    with _work_dir(options.work_dir) as work, _hf_progress(show_progress(options.quiet)):
+        corpus = tokenize(files, tokenizer, options, work)
+        check_vocab(models, corpus.max_id)
+        _check_positions(models, options.seq_len)
+        disk = _check_disk(models, corpus, work) if stored else 0
+        stores: list[tuple[str, PatternStore]] = []
+        try:
+            for i, ck in enumerate(models):
+                model = load_model(ck, dtype, options.device)
+                layers, d_ff = _shape(model, options)
+                if stores and (layers, d_ff) != (stores[0][1].layers, stores[0][1].d_ff):
+                    raise TunelensError(
+                        f"{ck.name} has {layers} layers of width {d_ff}, {stores[0][0]} has "
+                        f"{stores[0][1].layers} of width {stores[0][1].d_ff}; patterns cannot be compared"
+                    )
+                new = tuple(PairSums(n, ck.name, options.distance, layers, d_ff) for n, _ in stores)
+                own = None
+                if stored and i < len(models) - 1:
+                    own = PatternStore(work / f"patterns-{i}.u8", layers, corpus.tokens, d_ff)
+                    stores.append((ck.name, own))
+                counts.append(
+                    collect(
+                        model,
+                        ck.name,
+                        corpus,
+                        pattern=options.pattern,
+                        own=own,
+                        refs=tuple(s for _, s in stores[: len(new)]),
+                        pairs=new,
+                        quiet=options.quiet,
+                    )
+                )
+                pairs.extend(new)
+                del model
+                gc.collect()
+                if options.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+        except OSError as exc:
+            raise TunelensError(f"writing activation patterns under {work} failed: {exc.strerror or exc}") from exc
+        finally:
+            for _, s in stores:
+                s.close()
+    order = {ck.name: i for i, ck in enumerate(models)}
+    pairs.sort(key=lambda p: (order[p.a], order[p.b]))
+    summary: dict[str, Any] = {
+        "models": [{**c.summary(), "path": str(ck.path)} for c, ck in zip(counts, models, strict=True)],
+        "pairs": [p.summary() for p in pairs],
+        "corpus": corpus.identity,
+        "tokenizer": tokenizer_info,
+        "dtype": dtype,
+        "device": options.device,
+        "pattern": options.pattern,
+        "distance_metric": options.distance,
+        "options": options.describe(),
+        "pattern_store": {
+            "stored": stored,
+            "bytes_per_token_per_layer": (counts[0].d_ff + 7) // 8,
+            "disk_bytes": disk,
+        },
+    }
+    return ActivationResult(summary, long_rows(summary))
+
+
+def long_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """``activations.csv``: one row per model or pair, layer and metric; ``layer`` empty = mean over layers."""
+    rows: list[dict[str, Any]] = []
+    for m in summary["models"]:
+        for layer, v in enumerate(m["fraction_active"]):
+            rows.append({"kind": "model", "name": m["name"], "layer": layer, "metric": "fraction_active", "value": v})
+        rows.append({"kind": "model", "name": m["name"], "layer": "", "metric": "fraction_active", "value": m["mean"]})
+    metrics = ["distance", "hamming", *(f"distance_p{round(q * 100)}" for q in QUANTILES), "distance_max"]
+    for p in summary["pairs"]:
+        base = {"kind": "pair", "name": f"{p['a']} vs {p['b']}", "a": p["a"], "b": p["b"]}
+        for metric in metrics:
+            for layer, v in enumerate(p[metric]):
+                rows.append({**base, "layer": layer, "metric": metric, "value": v})
+        rows.append({**base, "layer": "", "metric": "distance", "value": p["mean"]})
+        rows.append({**base, "layer": "", "metric": "hamming", "value": p["hamming_mean"]})
+    return rows
+
+
+def _shape(model: torch.nn.Module, options: ActivationOptions) -> tuple[int, int]:
+    sites, d_ff = find_sites(model, options.pattern)
+    return len(sites), d_ff
+
+
+def _check_same_shape(models: list[Checkpoint]) -> None:
+    first = models[0].arch
+    for ck in models[1:]:
+        a = ck.arch
+        if (a.num_layers, a.intermediate_size) != (first.num_layers, first.intermediate_size):
+            raise TunelensError(
+                f"{ck.name} has {a.num_layers} layers of MLP width {a.intermediate_size}, {models[0].name} has "
+                f"{first.num_layers} of width {first.intermediate_size}; patterns can only be compared within "
+                "one architecture (use --no-store for fractions only)"
+            )
+
+
+def _check_positions(models: list[Checkpoint], seq_len: int) -> None:
+    for ck in models:
+        limit = ck.config.get("max_position_embeddings") or ck.config.get("n_positions")
+        if isinstance(limit, int) and seq_len > limit:
+            raise TunelensError(f"--seq-len {seq_len} exceeds {ck.name}'s {limit} positions")
+
+
+def _check_disk(models: list[Checkpoint], corpus: TokenizedCorpus, work: Path) -> int:
+    a = models[0].arch
+    if a.num_layers is None or a.intermediate_size is None:
+        return 0
+    need = (len(models) - 1) * store_bytes(a.num_layers, corpus.tokens, a.intermediate_size)
+    free = shutil.disk_usage(work).free
+    if need > free:
+        raise TunelensError(
+            f"the activation patterns need {need / 1e9:.2f} GB in {work} ({(a.intermediate_size + 7) // 8} bytes "
+            f"per token per layer per stored model), only {free / 1e9:.2f} GB are free; use --work-dir, "
+            "--max-tokens or --no-store"
+        )
+    return need + corpus.stream_tokens * TOKEN_DTYPE.itemsize
+
+
+@contextmanager
+def _work_dir(parent: Path | None) -> Iterator[Path]:
+    if parent is not None:
+        try:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TunelensError(f"--work-dir {parent}: cannot create it ({exc.strerror})") from exc
+    with tempfile.TemporaryDirectory(prefix="tunelens-act-", dir=parent) as tmp:
+        yield Path(tmp)
+
+
+@contextmanager
+def _hf_progress(enabled: bool) -> Iterator[None]:
+    """transformers' own loading bars follow ours: only on a TTY and never with --quiet."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]

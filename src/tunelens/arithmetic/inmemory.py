@@ -1,0 +1,157 @@
+"""Edit a resident transformers model in place, θ ← θ + Σ λ_i τ_i, and restore it bit for bit on exit.
+
+For λ sweeps without writing a checkpoint per point::
+
+    with edited(model, base, [(ft_med, -1.0)], selection=Selection(components=("up",))):
+        score = evaluate(model)
+    # here the model holds exactly its original bits again
+
+``model`` must have been loaded from ``base`` (any dtype, any device). Checkpoint tensor names are
+mapped to ``model.state_dict(keep_vars=True)`` names (exact, else a unique suffix match); tied
+tensors (``lm_head`` ↔ ``embed_tokens``) share storage and are edited once; fused Phi-3 tensors
+are edited as stored, part by part. τ_i is read from disk per tensor (θ_ft,i − θ_base, float32) and
+the new value is ``(θ_model.float() + Σ λ_i τ_i).to(θ_model.dtype)``.
+
+Memory: one tensor per worker in flight, plus a backup of each changed tensor *only when* the
+model's values are not bit-identical to the base's stored bytes (e.g. a bf16 model loaded from a
+float32 checkpoint): then the original is kept in CPU memory. When they are identical (the usual
+case, checked bitwise on entry) the restore re-reads them from the base's files, so the extra
+memory stays bounded by the tensors in flight. Restoring runs on exit and on any exception,
+including one raised half-way through applying the edit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from tunelens.arithmetic.merges import add_update, tensor_update
+from tunelens.checkpoints.align import AlignedTensor, align
+from tunelens.checkpoints.index import Checkpoint, TensorInfo
+from tunelens.checkpoints.stream import ReaderPool, TensorReader
+from tunelens.config import ReadOptions, Selection
+from tunelens.errors import TunelensError
+from tunelens.jobs import run_jobs
+
+
+@dataclass
+class _Backup:
+    tensor: torch.Tensor
+    stored: TensorInfo | None  # restore by re-reading these bytes ...
+    saved: torch.Tensor | None  # ... or from this CPU copy
+
+
+def resolve_tensors(model: torch.nn.Module, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Checkpoint tensor name → the model's tensor (exact name, else the unique suffix match)."""
+    state = model.state_dict(keep_vars=True)
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        hit = state.get(name)
+        if hit is None:
+            cands = [k for k in state if k.endswith("." + name) or name.endswith("." + k)]
+            if len(cands) == 1:
+                hit = state[cands[0]]
+        if hit is not None:
+            out[name] = hit
+    return out
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """A bitwise view (so -0.0 ≠ 0.0 and NaN payloads compare)."""
+    width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return t.contiguous().view(width)
+
+
+@contextmanager
+def edited(
+    model: torch.nn.Module,
+    base: Checkpoint,
+    terms: Sequence[tuple[Checkpoint, float]],
+    *,
+    selection: Selection | None = None,
+    options: ReadOptions | None = None,
+) -> Iterator[torch.nn.Module]:
+    """Apply ``θ_base + Σ λ_i τ_i`` in place to ``model`` (loaded from ``base``); restore exactly on exit."""
+    options = options or ReadOptions(quiet=True)
+    selection = selection or Selection()
+    sources = [ck for ck, _ in terms]
+    scales = [float(s) for _, s in terms]
+    alignment = align(base, sources, vocab=options.vocab, missing=options.missing)
+    jobs: list[tuple[AlignedTensor, torch.Tensor, list[list[float]]]] = []
+    tensors = resolve_tensors(model, [j.name for j in alignment.tensors])
+    seen: set[int] = set()
+    for job in alignment.tensors:
+        per_part = [[s if selection.keeps(p.layer, p.component) else 0.0 for p in job.parts] for s in scales]
+        if not any(v != 0.0 for row in per_part for v in row):
+            continue
+        target = tensors.get(job.name)
+        if target is None:
+            raise TunelensError(f"{job.name} of {base.name} has no counterpart in the model; was it loaded from it?")
+        if tuple(target.shape) != job.base.shape:
+            raise TunelensError(f"{job.name}: model has shape {list(target.shape)}, {base.name} {list(job.base.shape)}")
+        key = int(target.untyped_storage().data_ptr() + target.storage_offset() * target.element_size())
+        if key in seen:
+            continue  # tied to a tensor already edited
+        seen.add(key)
+        jobs.append((job, target, per_part))
+    backups: list[_Backup] = []
+    pool = ReaderPool()
+
+    def edit(item: tuple[AlignedTensor, torch.Tensor, list[list[float]]]) -> _Backup:
+        job, target, per_part = item
+        reader = pool.get()
+        stored = reader.read(job.base)
+        current = target.detach()
+        same = stored.dtype == current.dtype and torch.equal(_bits(stored), _bits(current.cpu()))
+        backup = _Backup(target, job.base if same else None, None if same else current.to("cpu", copy=True))
+        new = _edited_value(reader, job, current, stored, per_part, sources)
+        with torch.no_grad():
+            target.copy_(new.to(device=target.device, dtype=target.dtype))
+        return backup
+
+    def record(item: tuple[AlignedTensor, torch.Tensor, list[list[float]]]) -> None:
+        backups.append(edit(item))
+
+    try:
+        run_jobs(jobs, record, workers=options.workers, desc="edit", quiet=options.quiet)
+        yield model
+    finally:
+        try:
+            _restore(backups, pool.get())
+        finally:
+            pool.close()
+
+
+def _edited_value(
+    reader: TensorReader,
+    job: AlignedTensor,
+    current: torch.Tensor,
+    stored: torch.Tensor,
+    per_part: list[list[float]],
+    sources: list[Checkpoint],
+) -> torch.Tensor:
+    out = current.to("cpu", dtype=torch.float32, copy=True)
+    base_f = stored.float()
+    if job.rows is not None:
+        base_f = base_f[: job.rows]
+    taus: dict[int, torch.Tensor] = {}
+    for i, (ck, info) in enumerate(zip(sources, job.others, strict=True)):
+        if any(v != 0.0 for v in per_part[i]):
+            tau = reader.read_float(info)
+            if job.rows is not None:
+                tau = tau[: job.rows]
+            taus[i] = tau.sub_(base_f) if ck.kind == "model" else tau
+    update = tensor_update(job, per_part, taus)
+    add_update(out if job.rows is None else out[: job.rows], update, job, per_part)
+    return out
+
+
+def _restore(backups: list[_Backup], reader: TensorReader) -> None:
+    with torch.no_grad():
+        for b in reversed(backups):
+            src = reader.read(b.stored) if b.stored is not None else b.saved
+            assert src is not None
+            b.tensor.copy_(src.to(b.tensor.device))

@@ -1,0 +1,204 @@
+"""Extract a PEFT LoRA adapter from a tuning vector: per 2-D layer weight, τ ≈ B A by truncated SVD.
+
+For each 2-D weight inside a layer (attention and MLP projections; fused Phi-3 / GPT-2 tensors as
+stored, GPT-2 Conv1D weights turned to ``[out, in]``), ``τ = U S Vh`` (float64 thin SVD) is cut to
+rank r, fixed (``rank``) or the smallest r with ``Σ_{i≤r} σ_i² ≥ energy · Σ σ_i²``, and stored as
+``A = sqrt(S_r) Vh_r`` (``[r, in]``) and ``B = U_r sqrt(S_r)`` (``[out, r]``) with ``lora_alpha = r``
+per module (PEFT scale α/r = 1), so PEFT's merged weight is ``θ_base + B A``. Per tensor the
+report gives the rank, the retained energy ``Σ_{i≤r} σ_i² / Σ σ_i²`` and the relative Frobenius
+error ``‖τ − B A‖_F / ‖τ‖_F`` measured on the stored float32 factors. Tensors a LoRA cannot carry
+(1-D norms and biases, embeddings, lm_head, weights outside layers) and all-zero τ are dropped and
+listed with their share of ``‖τ‖²``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelens.checkpoints.align import AlignedTensor, align
+from tunelens.checkpoints.index import Checkpoint
+from tunelens.checkpoints.output import atomic_dir, check_target
+from tunelens.checkpoints.stream import ReaderPool, to_out_in
+from tunelens.config import ReadOptions
+from tunelens.errors import TunelensError
+from tunelens.jobs import run_jobs
+from tunelens.provenance import RunClock
+from tunelens.report.tables import write_csv, write_json
+
+LORA_COLUMNS = (
+    "tensor",
+    "layer",
+    "component",
+    "status",
+    "rows",
+    "cols",
+    "rank",
+    "energy",
+    "relative_error",
+    "tau_norm",
+)
+_DROP_COMPONENTS = ("embed", "lm_head")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """How the rank is chosen: a fixed ``rank`` or an ``energy`` threshold in (0, 1]."""
+
+    rank: int | None = None
+    energy: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.rank is None) == (self.energy is None):
+            raise TunelensError("LoRA extraction needs exactly one of --rank R or --energy E")
+        if self.rank is not None and self.rank < 1:
+            raise TunelensError("--rank must be at least 1")
+        if self.energy is not None and not 0.0 < self.energy <= 1.0:
+            raise TunelensError("--energy must be in (0, 1]")
+
+
+def choose_rank(spectrum: torch.Tensor, spec: LoraSpec) -> int:
+    """r from a fixed rank (capped at the matrix rank) or the smallest r reaching the energy share."""
+    if spec.rank is not None:
+        return min(spec.rank, spectrum.numel())
+    energy = spectrum.double().pow(2)
+    cum = energy.cumsum(0)
+    assert spec.energy is not None
+    need = spec.energy * float(cum[-1])
+    return min(int(torch.searchsorted(cum, torch.tensor(need, dtype=cum.dtype) * (1 - 1e-12)).item()) + 1, len(cum))
+
+
+def lora_factors(tau: torch.Tensor, spec: LoraSpec) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(B [out, r], A [r, in], retained energy)`` of a 2-D ``[out, in]`` τ, float32 factors."""
+    u, s, vh = torch.linalg.svd(tau.double(), full_matrices=False)
+    r = choose_rank(s, spec)
+    root = s[:r].sqrt()
+    b = (u[:, :r] * root).float().contiguous()
+    a = (root[:, None] * vh[:r]).float().contiguous()
+    energy = float(s[:r].pow(2).sum() / s.pow(2).sum())
+    return b, a, energy
+
+
+def _is_lora_target(ck: Checkpoint, job: AlignedTensor) -> str | None:
+    """None when τ of this tensor goes into the adapter, else the reason it is dropped."""
+    layer, component = ck.arch.parse(job.name)
+    if len(job.base.shape) != 2:
+        return "1-D tensor (norm or bias)"
+    if component in _DROP_COMPONENTS or layer is None:
+        return "not a layer weight (embedding, lm_head or outside layers)"
+    if not job.name.endswith(".weight"):
+        return "not a .weight tensor"
+    return None
+
+
+def extract_lora(
+    base: Checkpoint,
+    tuned: Checkpoint,
+    out: str | Path,
+    spec: LoraSpec,
+    *,
+    options: ReadOptions | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Write ``adapter_model.safetensors``, ``adapter_config.json``, ``lora.csv`` and ``tunelens.json``."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    options = options or ReadOptions()
+    out = Path(out)
+    check_target(out, force)
+    clock = RunClock()
+    alignment = align(base, [tuned], vocab=options.vocab, missing=options.missing)
+    pool = ReaderPool()
+
+    def work(job: AlignedTensor) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        reader = pool.get()
+        b = reader.read_float(job.base)
+        t = reader.read_float(job.others[0])
+        if job.rows is not None:
+            b, t = b[: job.rows], t[: job.rows]
+        tau = t if tuned.kind == "vector" else t.sub_(b)
+        layer, component = base.arch.parse(job.name)
+        norm = float(tau.double().norm())
+        row = {"tensor": job.name, "layer": "" if layer is None else layer, "component": component,
+               "rows": tau.shape[0], "cols": tau.shape[1] if tau.dim() == 2 else 1, "tau_norm": norm}  # fmt: skip
+        reason = _is_lora_target(base, job) or ("zero tau" if norm == 0.0 else None)
+        if reason is not None:
+            return {**row, "status": f"dropped: {reason}", "rank": 0, "energy": 0.0, "relative_error": 1.0}, {}
+        w = to_out_in(tau, job.parts[0]).contiguous()
+        row["rows"], row["cols"] = w.shape
+        bmat, amat, energy = lora_factors(w, spec)
+        err = float((w.double() - bmat.double() @ amat.double()).norm()) / norm
+        r = amat.shape[0]
+        status = "lora (full rank)" if r == min(w.shape) else "lora"
+        module = job.name.removesuffix(".weight")
+        factors = {
+            f"base_model.model.{module}.lora_A.weight": amat,
+            f"base_model.model.{module}.lora_B.weight": bmat,
+        }
+        return {**row, "status": status, "rank": r, "energy": energy, "relative_error": err}, factors
+
+    try:
+        results = run_jobs(list(alignment.tensors), work, workers=options.workers, desc="lora", quiet=options.quiet)
+    finally:
+        pool.close()
+    rows = [r for r, _ in results]
+    tensors = {k: v for _, f in results for k, v in f.items()}
+    kept = [r for r in rows if r["status"].startswith("lora")]
+    if not kept:
+        raise TunelensError(f"{tuned.name}: no 2-D layer weight changed; nothing to put in a LoRA adapter")
+    ranks = {r["tensor"].removesuffix(".weight"): int(r["rank"]) for r in kept}
+    top = max(set(ranks.values()), key=list(ranks.values()).count)
+    config = LoraConfig(
+        r=top,
+        lora_alpha=top,
+        target_modules=sorted(ranks),
+        rank_pattern={m: k for m, k in ranks.items() if k != top},
+        alpha_pattern={m: k for m, k in ranks.items() if k != top},
+        lora_dropout=0.0,
+        bias="none",
+        fan_in_fan_out=base.arch.layout == "in_out",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=str(base.path),
+    )
+    total = sum(r["tau_norm"] ** 2 for r in rows)
+    lost = sum(r["tau_norm"] ** 2 for r in rows if not r["status"].startswith("lora"))
+    meta = {
+        "kind": "lora_extraction",
+        "definitions": {
+            "tau": "theta_ft - theta_base (float32), or as stored in a vector folder",
+            "factors": "tau = U S Vh (float64 thin SVD); B = U_r sqrt(S_r), A = sqrt(S_r) Vh_r; lora_alpha = r",
+            "rank": f"fixed r = {spec.rank}"
+            if spec.rank
+            else f"smallest r with sum_{{i<=r}} s_i^2 >= {spec.energy} * sum s_i^2",
+            "energy": "sum_{i<=r} s_i^2 / sum s_i^2",
+            "relative_error": "||tau - B A||_F / ||tau||_F on the stored float32 factors",
+            "dropped_share": "sum of ||tau||^2 over dropped tensors / sum over all tensors",
+        },
+        "parent": base.describe(),
+        "child": tuned.describe(),
+        "rank_spec": {"rank": spec.rank, "energy": spec.energy},
+        "tensors": {
+            "lora": len(kept),
+            "dropped": [
+                {"tensor": r["tensor"], "reason": r["status"]} for r in rows if not r["status"].startswith("lora")
+            ],
+            "full_rank": [r["tensor"] for r in kept if r["status"] == "lora (full rank)"],
+        },  # fmt: skip
+        "dropped_share": lost / total if total else 0.0,
+        "global_relative_error": math.sqrt(sum((r["relative_error"] * r["tau_norm"]) ** 2 for r in rows) / total)
+        if total
+        else 0.0,  # fmt: skip
+        "alignment": alignment.report(),
+    }
+    with atomic_dir(out, force=force) as tmp:
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(str(tmp))
+        write_csv(tmp / "lora.csv", rows, LORA_COLUMNS)
+        meta.update(clock.metadata([base.describe(), tuned.describe()]))
+        write_json(tmp / "tunelens.json", meta)
+    return meta

@@ -1,0 +1,136 @@
+"""``tunelens subspace``: subspace alignment (SSA) of tuning vectors with the base's singular subspaces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tunelens.errors import TunelensError
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise TunelensError(f"bad {flag} {text!r}: use comma-separated numbers, e.g. 0.5,0.9") from exc
+
+
+def _ints(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise TunelensError(f"bad --rank {text!r}: use comma-separated integers, e.g. 16,64") from exc
+
+
+@click.command(
+    "subspace",
+    epilog="Example: tunelens subspace base/ med=ft-med/ math=vec-math/ -o out/ssa --energy 0.5,0.9,0.99 --per-head",
+)
+@click.argument("base")
+@click.argument("tuned", nargs=-1, required=True)
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--energy", metavar="LIST", help="k = smallest k keeping this share of sum(s^2) (default 0.9).")
+@click.option("--rank-fraction", metavar="LIST", help="k = ceil(f * min(out, in)), e.g. 0.1,0.25.")
+@click.option("--rank", metavar="LIST", help="Fixed k (capped at min(out, in)), e.g. 16,64.")
+@click.option("--per-head", is_flag=True, help="Also report each attention head (q/k/v rows, o columns; GQA aware).")
+@click.option("--tau-rank", type=click.IntRange(1), default=16, show_default=True, help="r of tau_top_r_share.")
+@click.option("--no-tau-spectrum", is_flag=True, help="Skip tau's effective rank / top-r share (saves a Gram).")
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "gram", "svd"]),
+    default="auto",
+    show_default=True,
+    help="Exact basis: float64 Gram eigh, full float64 SVD, or pick by shape.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    help="Where base decompositions are cached [default: $TUNELENS_CACHE/subspace or ~/.cache/tunelens/subspace].",
+)
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the decomposition cache.")
+@click.option("--components", metavar="LIST", help="Only these of q,k,v,o,gate,up,down (or attention, mlp).")
+@click.option("--layers", metavar="RANGES", help="Only these layers, e.g. 0-11 or 0,4,8.")
+@click.option(
+    "--missing",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="Tensors of the base missing elsewhere: stop, or analyse the rest (recorded).",
+)
+@click.option("--allow-pickle", is_flag=True, help="Read pickle .bin checkpoints (unsafe; weights_only=True).")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Tensors in flight.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+def subspace_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> None:
+    """How much of each TUNED model's tuning vector (or vector folder) lies in the top-k
+    singular subspaces of BASE's attention and MLP weights: left, right and two-sided
+    shares with random baselines, per tensor / component / layer (and head).
+
+    Writes subspace.csv and summary.json; prints a Table-4-style view.
+    """
+    from tunelens import api
+    from tunelens.config import ReadOptions, Selection, parse_components, parse_layers
+
+    options = ReadOptions(
+        missing=kw["missing"], allow_pickle=kw["allow_pickle"], workers=kw["workers"], quiet=kw["quiet"]
+    )
+    components = parse_components(kw["components"])
+    bad = [c for c in components or () if c not in ("q", "k", "v", "o", "gate", "up", "down")]
+    if bad:
+        raise TunelensError(f"subspace analyses q,k,v,o,gate,up,down only, not {', '.join(bad)}")
+    selection = Selection(components=components, layers=parse_layers(kw["layers"]), embeddings=False)
+    result = api.subspace(
+        base,
+        list(tuned),
+        out=out,
+        energy=_floats(kw["energy"], "--energy"),
+        rank_fraction=_floats(kw["rank_fraction"], "--rank-fraction"),
+        rank=_ints(kw["rank"]),
+        per_head=kw["per_head"],
+        tau_rank=kw["tau_rank"],
+        tau_spectrum=not kw["no_tau_spectrum"],
+        method=kw["method"],
+        cache_dir=kw["cache_dir"],
+        use_cache=not kw["no_cache"],
+        selection=selection,
+        options=options,
+        force=kw["force"],
+    )
+    if not options.quiet:
+        print_table4(result.summary)
+    click.echo(f"wrote {out}/subspace.csv and {out}/summary.json")
+
+
+def print_table4(summary: dict[str, Any]) -> None:
+    """Paper Table 4 shape: rows = model × share kind, columns = components, cells = share (ratio)."""
+    from rich.box import SIMPLE
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True)
+    for label, block in summary["table4"].items():
+        cols = [c for c in block["columns"] if any(r.get(c) is not None for r in block["rows"])]
+        t = Table(title=f"SSA, k by {label}: {block['aggregate']}; ratio = share / random baseline", box=SIMPLE)
+        t.add_column("model")
+        t.add_column("share")
+        for c in cols:
+            t.add_column(c, justify="right")
+        for r in block["rows"]:
+            t.add_row(r["model"], r["share"], *(_cell(r.get(c)) for c in cols))
+            t.add_row("", "ratio", *(_cell(r["ratio"].get(c)) for c in cols), style="dim")
+        console.print(t)
+    cache = summary["cache"]
+    console.print(
+        f"bases: {cache['hits']} cached, {cache['misses']} computed "
+        f"({summary['decomposition']['decompose_seconds']:.1f} s); cache: {cache['folder'] or 'off'}"
+    )
+
+
+def _cell(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"

@@ -1,0 +1,47 @@
+"""The definition of every number ``tunelens evaluate`` writes (copied into results.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelens.evaluation import exact_match, rouge
+from tunelens.evaluation.metrics import STDERR_DEFINITION
+
+DEFINITIONS: dict[str, Any] = {
+    "loglikelihood": (
+        "sum over continuation tokens of log p(token | context, earlier tokens); continuation = "
+        "target_delimiter + choice; tokens split as lm-evaluation-harness _encode_pair (enc(ctx + cont) "
+        "after len(enc(ctx))); log-softmax in float32, summed in float64"
+    ),
+    "acc": "1 if argmax_i loglikelihood_i is the gold choice (first maximum on ties), else 0; mean over items",
+    "acc_norm": (
+        "1 if argmax_i loglikelihood_i / len(choice_i) is the gold choice, len in characters of the choice "
+        "string without the delimiter (lm-evaluation-harness 0.4 acc_norm, api/task.py completion_len)"
+    ),
+    "acc_bytes": (
+        "1 if argmax_i loglikelihood_i / len(choice_i.encode('utf-8')) is the gold choice "
+        "(lm-evaluation-harness 0.4 acc_bytes, api/task.py byte_length)"
+    ),
+    "rouge1": rouge.DEFINITION,
+    "exact_match": exact_match.DEFINITION,
+    "follow_tags": (
+        "1 if the output has exactly one open tag and one close tag, in that order, with non-whitespace "
+        "text between them"
+    ),
+    "follow_answer": (
+        "1 if the text after the first close tag (the whole output when there is none) contains the "
+        "answer format with its placeholder matched by answer_pattern"
+    ),
+    "follow_stop": "1 if follow_answer holds and only whitespace follows the first answer-format match",
+    "follow_all": "1 if follow_tags, follow_answer and follow_stop all hold (instruction following)",
+    "answer_acc": (
+        "format tasks: 1 if the answer given in the format equals the gold answer (letter, or number after "
+        "the exact_match normalisation), 0 when no answer is given"
+    ),
+    "value": "mean of the per-item scores over n items (float64)",
+    "stderr": STDERR_DEFINITION,
+    "decoding": (
+        "greedy (do_sample=False), left-padded batches, stop at an end token, a stop string (text cut "
+        "before it) or max_new_tokens"
+    ),
+}

@@ -1,0 +1,84 @@
+"""Matplotlib figures in the paper's shapes (Fig. 1-4 style), rendered to PNG bytes (Agg, no display)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+
+def _fig(width: float = 6.4, height: float = 3.6) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
+    return fig, ax
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def heatmap(names: Sequence[str], matrix: Sequence[Sequence[float]], title: str, note: str) -> bytes:
+    """Fig. 3 style: cosine between tuning vectors, annotated, symmetric colour scale."""
+    n = len(names)
+    fig, ax = _fig(1.6 + 1.1 * n, 1.2 + 1.0 * n)
+    off = [abs(matrix[i][j]) for i in range(n) for j in range(n) if i != j] or [1.0]
+    lim = max(max(off), 1e-6)
+    im = ax.imshow(matrix, cmap="coolwarm", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(n), names, rotation=30, ha="right")
+    ax.set_yticks(range(n), names)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{matrix[i][j]:+.3f}", ha="center", va="center", fontsize=9)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.text(0.01, 0.01, note, fontsize=7)
+    return _png(fig)
+
+
+def per_layer(series: dict[str, Sequence[float]], title: str, ylabel: str, hline: float | None = None) -> bytes:
+    """Fig. 1 / Fig. 2 style: one line per model (or pair) over layers."""
+    fig, ax = _fig()
+    for name, ys in series.items():
+        ax.plot(range(len(ys)), ys, marker="o", markersize=3, label=name)
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle="--", linewidth=1, label=f"{hline:g}")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def grouped_bars(
+    groups: Sequence[str],
+    series: dict[str, Sequence[float]],
+    title: str,
+    ylabel: str,
+    baseline: Sequence[float] | None = None,
+) -> bytes:
+    """Table 4 / Fig. 4 style: bars per group (component or task), one colour per model."""
+    fig, ax = _fig(max(6.4, 0.9 * len(groups) * max(1, len(series)) / 2), 3.6)
+    k = max(len(series), 1)
+    width = 0.8 / k
+    for s, (name, ys) in enumerate(series.items()):
+        xs = [g + (s - (k - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, ys, width=width, label=name)
+    if baseline is not None:
+        ax.scatter(range(len(groups)), baseline, color="black", marker="_", s=300, zorder=3, label="random baseline")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _png(fig)

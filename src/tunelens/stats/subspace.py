@@ -1,0 +1,511 @@
+"""Subspace alignment (SSA): how much of a tuning vector lies in the pre-trained weight's top-k subspace.
+
+For a pre-trained 2-D weight ``W = U Σ Vᵀ`` (``[out, in]``, basis from :mod:`.subspace_basis`) and a
+tuning vector ``τ`` of the same shape, with ``U_k``/``V_k`` the top-k singular vectors:
+
+- left ``‖U_kᵀ τ‖² / ‖τ‖²`` (baseline ``k/out``), right ``‖τ V_k‖² / ‖τ‖²`` (baseline ``k/in``),
+  two-sided ``‖U_kᵀ τ V_k‖² / ‖τ‖²`` (baseline ``k²/(out·in)``); the baselines are the expected
+  shares of an isotropic random τ. ``ratio = share / baseline`` compares different shapes.
+- every k of every criterion comes from one set of projections: ``P = U_Kᵀτ``, ``Q = τV_K`` and
+  ``B = U_KᵀτV_K`` for the largest requested ``K``; shares for all ``k ≤ K`` are cumulative sums.
+
+One streaming pass over the aligned tensors; per tensor, the base's basis is loaded from the cache
+or computed (and cached), then each model's τ is projected; :func:`summarize` aggregates the rows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tunelens.checkpoints.align import AlignedTensor, Alignment, align
+from tunelens.checkpoints.architectures import Component
+from tunelens.checkpoints.index import Checkpoint
+from tunelens.checkpoints.naming import ArchInfo, Part
+from tunelens.checkpoints.stream import ReaderPool, TensorReader, select_part, to_out_in
+from tunelens.config import ReadOptions, Selection
+from tunelens.errors import TunelensError
+from tunelens.jobs import run_jobs
+from tunelens.stats.subspace_basis import (
+    Basis,
+    BasisCache,
+    BasisKey,
+    Criterion,
+    Method,
+    content_hash,
+    decompose,
+    resolve_method,
+)
+
+SSA_COMPONENTS: tuple[Component, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+
+SUBSPACE_COLUMNS = (
+    "model", "tensor", "layer", "component", "head", "rows", "cols", "k", "energy",
+    "share_left", "share_right", "share_both", "baseline_left", "baseline_right", "baseline_both",
+    "criterion", "ratio_left", "ratio_right", "ratio_both", "tau_norm",
+    "tau_effective_rank", "tau_top_r", "tau_top_r_share", "method",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SubspaceOptions:
+    """Options of ``subspace`` (the CLI's flags, validated once)."""
+
+    criteria: tuple[Criterion, ...] = (Criterion("energy", 0.9),)
+    per_head: bool = False
+    tau_rank: int = 16
+    tau_spectrum: bool = True
+    method: Method = "auto"
+    cache: BasisCache = field(default_factory=lambda: BasisCache(None))
+
+    def __post_init__(self) -> None:
+        if not self.criteria:
+            raise TunelensError("give at least one of --energy, --rank-fraction, --rank")
+        if len({c.label for c in self.criteria}) != len(self.criteria):
+            raise TunelensError("the same k criterion was given twice")
+        if self.tau_rank < 1:
+            raise TunelensError("--tau-rank must be at least 1")
+        if self.method not in ("auto", "gram", "svd"):
+            raise TunelensError(f"--method must be auto, gram or svd, got {self.method}")
+
+
+# --- pure math -------------------------------------------------------------------------------------
+
+
+def share_curves(basis: Basis, tau: torch.Tensor, kmax: int) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(‖τ‖², left, right, both)``: float64 curves whose entry ``k-1`` is the share's numerator at k.
+
+    ``τ`` is ``[out, in]`` float32; products in float32, sums in float64.
+    """
+    tau_sq = float(tau.square().sum(dtype=torch.float64))
+    if kmax == 0:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return tau_sq, empty, empty, empty
+    u, v = basis.U[:, :kmax], basis.V[:, :kmax]  # [out, K], [in, K]
+    p = u.T @ tau  # [K, in]
+    q = tau @ v  # [out, K]
+    b = u.T @ q if tau.shape[0] <= tau.shape[1] else p @ v  # [K, K] = U_Kᵀ τ V_K
+    left = p.square().sum(1, dtype=torch.float64).cumsum(0)
+    right = q.square().sum(0, dtype=torch.float64).cumsum(0)
+    b2 = b.double().square()
+    both = (b2.tril().sum(1) + b2.triu(1).sum(0)).cumsum(0)  # L-shaped bands of the k×k corner
+    return tau_sq, left, right, both
+
+
+def baselines(k: int, rows: int, cols: int) -> tuple[float, float, float]:
+    """Expected shares of an isotropic random τ: ``k/out``, ``k/in``, ``k²/(out·in)``."""
+    return k / rows, k / cols, k * k / (rows * cols)
+
+
+def random_share_std(p: float, numel: int) -> float:
+    """Std of a share with expectation ``p`` for isotropic random τ of ``numel`` entries.
+
+    The share is Beta(pN/2, (1-p)N/2) distributed, so its variance is ``2p(1-p)/(N+2)``.
+    """
+    return math.sqrt(2.0 * p * (1.0 - p) / (numel + 2))
+
+
+def tau_spectrum(tau: torch.Tensor, top_r: int) -> tuple[float, float]:
+    """``(effective rank, share of ‖τ‖² in τ's own top-r directions)`` from a float64 Gram eigvalsh.
+
+    Effective rank (Roy & Vetterli 2007): ``exp(-Σ pᵢ log pᵢ)`` with ``pᵢ = σᵢ / Σσⱼ``; eigenvalues
+    below ``λ_max · max(out, in) · eps64`` count as zero.
+    """
+    a = tau.to(torch.float64)
+    side = a if a.shape[0] <= a.shape[1] else a.T
+    lam = torch.linalg.eigvalsh(side @ side.T).flip(0)  # descending σ²
+    lam_max = float(lam[0]) if lam.numel() else 0.0
+    if lam_max <= 0.0:
+        return math.nan, math.nan
+    lam = torch.where(lam > lam_max * max(a.shape) * torch.finfo(torch.float64).eps, lam, 0.0)
+    sigma = lam.sqrt()
+    p = sigma / sigma.sum()
+    p = p[p > 0]
+    erank = math.exp(float(-(p * p.log()).sum()))
+    return erank, float(lam[:top_r].sum() / lam.sum())
+
+
+# --- the pass ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """One analysed part and, with ``--per-head``, how it slices into heads (axis, head size)."""
+
+    part: Part
+    heads: tuple[int, int] | None = None
+
+
+@dataclass
+class PassStats:
+    """Counters of one job (added up over jobs)."""
+
+    hits: int = 0
+    misses: int = 0
+    bytes_written: int = 0
+    decompose_seconds: float = 0.0
+    project_seconds: float = 0.0
+    methods: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: PassStats) -> None:
+        self.hits += other.hits
+        self.misses += other.misses
+        self.bytes_written += other.bytes_written
+        self.decompose_seconds += other.decompose_seconds
+        self.project_seconds += other.project_seconds
+        self.methods.update(other.methods)
+
+
+def head_slicing(arch: ArchInfo, component: str, shape: tuple[int, int]) -> tuple[int, int] | None:
+    """``(axis, head_size)`` of a ``[out, in]`` weight: q/k/v rows, o columns (GQA: k/v per kv head)."""
+    if component not in ("q", "k", "v", "o"):
+        return None
+    hd, heads = arch.head_dim, arch.num_heads
+    if not hd or not heads:
+        raise TunelensError("--per-head needs num_attention_heads (and head_dim) in the base's config.json")
+    kv = arch.num_kv_heads or heads
+    axis, count = (1, heads) if component == "o" else (0, heads if component == "q" else kv)
+    if shape[axis] != count * hd:
+        raise TunelensError(
+            f"--per-head: a {component} weight has {shape[axis]} {'columns' if axis else 'rows'}, the config "
+            f"says {count} heads x head_dim {hd}"
+        )
+    return axis, hd
+
+
+def plan_parts(alignment: Alignment, selection: Selection, per_head: bool) -> dict[str, tuple[PartPlan, ...]]:
+    """Aligned tensor name → its analysed parts (2-D parts of q, k, v, o, gate, up, down only)."""
+    arch = alignment.base.arch
+    plans: dict[str, tuple[PartPlan, ...]] = {}
+    for job in alignment.tensors:
+        if len(job.base.shape) != 2:
+            continue
+        out: list[PartPlan] = []
+        for part in job.parts:
+            if part.component not in SSA_COMPONENTS or not selection.keeps(part.layer, part.component):
+                continue
+            shape = _part_shape(job.base.shape, part)
+            heads = head_slicing(arch, part.component, shape) if per_head else None
+            out.append(PartPlan(part, heads))
+        if out:
+            plans[job.name] = tuple(out)
+    return plans
+
+
+def _part_shape(stored: tuple[int, ...], part: Part) -> tuple[int, int]:
+    dims = list(stored)
+    if part.dim is not None:
+        dims[part.dim] = part.stop - part.start
+    rows, cols = dims
+    return (cols, rows) if part.layout == "in_out" else (rows, cols)
+
+
+def read_with_digest(
+    reader: TensorReader, alignment: Alignment, job: AlignedTensor, hashed: bool
+) -> tuple[torch.Tensor, list[torch.Tensor], str]:
+    """Like :func:`~tunelens.vectors.tuning_vector.read_aligned` (no vocab crop: SSA never reads
+    embeddings), plus the sha256 of the base tensor's stored bytes when ``hashed``."""
+    raw = reader.read(job.base)
+    digest = content_hash(raw) if hashed else ""
+    base = raw if raw.dtype == torch.float32 else raw.float()
+    taus: list[torch.Tensor] = []
+    for ck, info in zip(alignment.others, job.others, strict=True):
+        t = reader.read_float(info)
+        taus.append(t if ck.kind == "vector" else t.sub_(base))
+    return base, taus, digest
+
+
+def load_or_build(
+    slices: list[torch.Tensor], key: BasisKey, cache: BasisCache, method: Method, stats: PassStats, name: str
+) -> list[Basis]:
+    """The bases of ``slices`` from the cache, or decomposed (and stored) — one cluster-executable step."""
+    found = cache.load(key) if key.content_sha256 else None
+    if found is not None and len(found) == len(slices):
+        stats.hits += 1
+        return found
+    t0 = time.perf_counter()
+    bases = [decompose(s, method) for s in slices]
+    stats.decompose_seconds += time.perf_counter() - t0
+    stats.misses += 1
+    stats.methods.update(b.method for b in bases)
+    if key.content_sha256:
+        stats.bytes_written += cache.save(key, bases, {"tensor": name})
+    return bases
+
+
+def analyse_tensor(
+    reader: TensorReader, alignment: Alignment, job: AlignedTensor, plans: tuple[PartPlan, ...], opts: SubspaceOptions
+) -> tuple[list[dict[str, Any]], PassStats]:
+    """Rows (one per model × part [× head] × criterion) of one aligned tensor, and its counters."""
+    stats = PassStats()
+    base, taus, digest = read_with_digest(reader, alignment, job, opts.cache.folder is not None)
+    names = [ck.name for ck in alignment.others]
+    rows: list[dict[str, Any]] = []
+    for plan in plans:
+        part = plan.part
+        w = to_out_in(select_part(base, part), part)
+        ts = [to_out_in(select_part(t, part), part) for t in taus]
+        shape = (w.shape[0], w.shape[1])
+        part_id = f"{part.dim}:{part.start}:{part.stop}:{part.layout}" if part.fused else f"-:{part.layout}"
+        stored = f"{job.base.dtype}:{list(job.base.shape)}"
+        units: list[tuple[int | None, list[torch.Tensor], list[list[torch.Tensor]], str]] = [
+            (None, [w], [[t] for t in ts], "whole")
+        ]
+        if plan.heads is not None:
+            axis, size = plan.heads
+            n = shape[axis] // size
+            cut = [(h * size, size) for h in range(n)]
+            units.append(
+                (0, [w.narrow(axis, a, s) for a, s in cut], [[t.narrow(axis, a, s) for a, s in cut] for t in ts],
+                 f"heads:{axis}:{size}")
+            )  # fmt: skip
+        for head0, slices, tau_slices, slicing in units:
+            key = BasisKey(
+                digest, stored, part_id, slicing, resolve_method(opts.method, (slices[0].shape[0], slices[0].shape[1]))
+            )
+            bases = load_or_build(slices, key, opts.cache, opts.method, stats, job.name)
+            t0 = time.perf_counter()
+            for h, basis in enumerate(bases):
+                head = None if head0 is None else h
+                for name, per_slice in zip(names, tau_slices, strict=True):
+                    rows += _rows(name, part, head, basis, per_slice[h], opts)
+            stats.project_seconds += time.perf_counter() - t0
+    return rows, stats
+
+
+def _rows(
+    model: str, part: Part, head: int | None, basis: Basis, tau: torch.Tensor, opts: SubspaceOptions
+) -> list[dict[str, Any]]:
+    rows_n, cols_n = tau.shape[0], tau.shape[1]
+    ks = [c.k(basis.S) for c in opts.criteria]
+    tau_sq, left, right, both = share_curves(basis, tau, max(ks))
+    erank, top_share = tau_spectrum(tau, opts.tau_rank) if opts.tau_spectrum else (math.nan, math.nan)
+    s2 = basis.S.square()
+    total = float(s2.sum())
+    out = []
+    for crit, k in zip(opts.criteria, ks, strict=True):
+        bl, br, bb = baselines(k, rows_n, cols_n)
+        if tau_sq > 0 and k > 0:
+            sl, sr, sb = (float(c[k - 1]) / tau_sq for c in (left, right, both))
+        else:
+            sl = sr = sb = math.nan if tau_sq == 0 else 0.0
+        out.append(
+            {
+                "model": model, "tensor": part.tensor, "layer": "" if part.layer is None else part.layer,
+                "component": part.component, "head": "" if head is None else head, "rows": rows_n, "cols": cols_n,
+                "k": k, "energy": float(s2[:k].sum()) / total if total > 0 else math.nan,
+                "share_left": sl, "share_right": sr, "share_both": sb,
+                "baseline_left": bl, "baseline_right": br, "baseline_both": bb, "criterion": crit.label,
+                "ratio_left": _ratio(sl, bl), "ratio_right": _ratio(sr, br), "ratio_both": _ratio(sb, bb),
+                "tau_norm": math.sqrt(tau_sq), "tau_effective_rank": erank,
+                "tau_top_r": min(opts.tau_rank, rows_n, cols_n) if opts.tau_spectrum else "",
+                "tau_top_r_share": top_share, "method": basis.method,
+            }
+        )  # fmt: skip
+    return out
+
+
+def _ratio(share: float, baseline: float) -> float:
+    return share / baseline if baseline > 0 and not math.isnan(share) else math.nan
+
+
+@dataclass(frozen=True)
+class SubspacePass:
+    """Every row of the pass and the added counters."""
+
+    rows: list[dict[str, Any]]
+    stats: PassStats
+    excluded: dict[str, int]
+
+
+def subspace_pass(alignment: Alignment, selection: Selection, read: ReadOptions, opts: SubspaceOptions) -> SubspacePass:
+    """Run SSA over every analysable part of ``alignment``; rows in tensor order."""
+    plans = plan_parts(alignment, selection, opts.per_head)
+    if not plans:
+        raise TunelensError("no 2-D q/k/v/o/gate/up/down weights selected: nothing to analyse")
+    jobs = [j for j in alignment.tensors if j.name in plans]
+    n = len(alignment.others)
+    pool = ReaderPool()
+
+    def work(job: AlignedTensor) -> tuple[list[dict[str, Any]], PassStats]:
+        return analyse_tensor(pool.get(), alignment, job, plans[job.name], opts)
+
+    try:
+        results = run_jobs(
+            jobs,
+            work,
+            workers=read.workers,
+            desc="subspace",
+            quiet=read.quiet,
+            weight=lambda j: j.base.nbytes * (1 + n),
+        )
+    finally:
+        pool.close()
+    stats = PassStats()
+    rows: list[dict[str, Any]] = []
+    for r, s in results:
+        rows += r
+        stats.add(s)
+    excluded = Counter(
+        "1-D (bias/norm): never SVD-analysed" if len(j.base.shape) != 2 else "not selected"
+        for j in alignment.tensors
+        if j.name not in plans
+        and any(p.component in SSA_COMPONENTS for p in j.parts)
+    )  # fmt: skip
+    return SubspacePass(rows, stats, dict(excluded))
+
+
+# --- aggregation ------------------------------------------------------------------------------------
+
+TABLE4_COLUMNS: dict[str, str] = {
+    "q": "W_Q", "k": "W_K", "v": "W_V", "o": "W_O", "gate": "W_gate", "up": "W_up", "down": "W_down",
+}  # fmt: skip
+_KINDS = ("left", "right", "both")
+
+DEFINITIONS: dict[str, str] = {
+    "basis": "W = U diag(S) V^T of the pre-trained weight in the [out, in] convention (GPT-2 Conv1D transposed, "
+    "Phi-3/GPT-2 fused tensors split first); exact, float64: eigh of the smaller-side Gram matrix (gram) or "
+    "full SVD (svd), never randomized; U, V used in float32",
+    "k": "energy=eta: smallest k with sum_{i<=k} s_i^2 >= eta * sum s_i^2; rank_fraction=f: ceil(f * min(out, in)); "
+    "rank=k: min(k, min(out, in))",
+    "energy": "retained energy sum_{i<=k} s_i^2 / sum s_i^2 of W",
+    "share_left": "|U_k^T tau|^2 / |tau|^2 (Frobenius), products float32, sums float64",
+    "share_right": "|tau V_k|^2 / |tau|^2",
+    "share_both": "|U_k^T tau V_k|^2 / |tau|^2",
+    "baseline": "expected share of an isotropic random tau: left k/out, right k/in, both k^2/(out*in); its sampling "
+    "std is sqrt(2p(1-p)/(out*in+2)) (Beta distribution)",
+    "ratio": "share / baseline (compares tensors of different shapes; 1 = no alignment beyond chance)",
+    "tau_effective_rank": "exp(-sum p_i log p_i), p_i = s_i(tau)/sum s_j(tau) (Roy & Vetterli 2007); singular "
+    "values from a float64 Gram eigvalsh, eigenvalues < lambda_max * max(out, in) * eps64 count as zero",
+    "tau_top_r_share": "sum_{i<=r} s_i(tau)^2 / |tau|^2: share of |tau|^2 in tau's own top-r directions "
+    "(r = tau_top_r)",
+    "head": "with --per-head: q/k/v rows and o columns sliced per head of head_dim; k/v are indexed by kv head "
+    "(GQA: query head h reads kv head h // (heads / kv_heads)); each head slice has its own basis and k",
+    "plain_mean": "unweighted mean over the group's tensors (or heads) of the per-tensor values",
+    "energy_weighted": "sum_t |tau_t|^2 share_t / sum_t |tau_t|^2: the share of the group's pooled |tau|^2 that "
+    "lies in the per-tensor top-k subspaces (baselines weighted the same way; ratio = weighted share / "
+    "weighted baseline)",
+    "undefined": "tensors with tau = 0 have no share (NaN in the CSV, null in JSON) and are left out of aggregates",
+    "table4": "paper Table 4 shape: rows = models (x share kind), columns = components, values = plain mean over "
+    "layers of whole-tensor shares",
+}
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Plain and energy-weighted means of shares, baselines and ratios over ``rows``."""
+    ok = [r for r in rows if not math.isnan(r["share_left"])]
+    out: dict[str, Any] = {"tensors": len(rows), "undefined": len(rows) - len(ok)}
+    if not ok:
+        return out
+    weights = [r["tau_norm"] ** 2 for r in ok]
+    total = sum(weights)
+    plain: dict[str, float] = {}
+    weighted: dict[str, float] = {}
+    for kind in _KINDS:
+        for col in (f"share_{kind}", f"baseline_{kind}", f"ratio_{kind}"):
+            plain[col] = math.fsum(r[col] for r in ok) / len(ok)
+        for col in (f"share_{kind}", f"baseline_{kind}"):
+            weighted[col] = math.fsum(w * r[col] for w, r in zip(weights, ok, strict=True)) / total
+        weighted[f"ratio_{kind}"] = _ratio(weighted[f"share_{kind}"], weighted[f"baseline_{kind}"])
+    out["plain_mean"] = plain
+    out["energy_weighted"] = weighted
+    out["mean_k"] = math.fsum(r["k"] for r in ok) / len(ok)
+    out["mean_energy"] = math.fsum(r["energy"] for r in ok) / len(ok)
+    return out
+
+
+def _groups(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    attn = [r for r in rows if r["component"] in ("q", "k", "v", "o")]
+    mlp = [r for r in rows if r["component"] in ("gate", "up", "down")]
+    return {"all": aggregate(rows), "attention": aggregate(attn), "mlp": aggregate(mlp)}
+
+
+def summarize(rows: list[dict[str, Any]], names: list[str], opts: SubspaceOptions) -> dict[str, Any]:
+    """Aggregates per model × criterion: by component, attention/mlp, layer, heads; and the Table-4 view."""
+    models: dict[str, dict[str, Any]] = {}
+    table4: dict[str, Any] = {}
+    for crit in opts.criteria:
+        t4_rows = []
+        for name in names:
+            sel = [r for r in rows if r["model"] == name and r["criterion"] == crit.label]
+            whole = [r for r in sel if r["head"] == ""]
+            comps = [c for c in SSA_COMPONENTS if any(r["component"] == c for r in whole)]
+            by_comp = {c: aggregate([r for r in whole if r["component"] == c]) for c in comps}
+            layers = sorted({r["layer"] for r in whole if r["layer"] != ""})
+            block: dict[str, Any] = {
+                "by_component": by_comp,
+                "by_group": _groups(whole),
+                "by_layer": [{"layer": la, **_groups([r for r in whole if r["layer"] == la])} for la in layers],
+            }
+            if opts.per_head:
+                heads = [r for r in sel if r["head"] != ""]
+                block["heads_by_component"] = {
+                    c: aggregate([r for r in heads if r["component"] == c])
+                    for c in SSA_COMPONENTS
+                    if any(r["component"] == c for r in heads)
+                }
+            models.setdefault(name, {})[crit.label] = block
+            for kind in _KINDS:
+                cells = {TABLE4_COLUMNS[c]: by_comp[c].get("plain_mean", {}).get(f"share_{kind}") for c in comps}
+                ratios = {TABLE4_COLUMNS[c]: by_comp[c].get("plain_mean", {}).get(f"ratio_{kind}") for c in comps}
+                t4_rows.append({"model": name, "share": kind, **cells, "ratio": ratios})
+        table4[crit.label] = {
+            "columns": [TABLE4_COLUMNS[c] for c in SSA_COMPONENTS],
+            "aggregate": "plain mean over layers of whole-tensor shares",
+            "rows": t4_rows,
+        }
+    return {
+        "definitions": DEFINITIONS,
+        "criteria": [c.label for c in opts.criteria],
+        "models": [{"name": n, "by_criterion": models.get(n, {})} for n in names],
+        "table4": table4,
+    }
+
+
+@dataclass(frozen=True)
+class SubspaceResult:
+    """Rows of ``subspace.csv`` and the ``summary.json`` content."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    alignment: Alignment
+
+
+def subspace(
+    base: Checkpoint, tuned: list[Checkpoint], *, selection: Selection, read: ReadOptions, opts: SubspaceOptions
+) -> SubspaceResult:
+    """SSA of each tuned model's (or vector folder's) τ against ``base``: align → pass → summarize.
+
+    Embeddings are never analysed, so a vocabulary resize only skips them (``vocab="skip"``).
+    """
+    alignment = align(base, tuned, vocab="skip", missing=read.missing)
+    done = subspace_pass(alignment, selection, read, opts)
+    names = [ck.name for ck in tuned]
+    summary = summarize(done.rows, names, opts)
+    st = done.stats
+    summary["cache"] = {
+        "folder": None if opts.cache.folder is None else str(opts.cache.folder),
+        "key": "sha256 of the base tensor's stored bytes + dtype/shape + fused-part slice + head slicing + method",
+        "hits": st.hits,
+        "misses": st.misses,
+        "bytes_written": st.bytes_written,
+    }
+    summary["decomposition"] = {
+        "methods": dict(st.methods),
+        "decompose_seconds": round(st.decompose_seconds, 3),
+        "project_seconds": round(st.project_seconds, 3),
+        "seconds_note": "summed over worker threads",
+    }
+    summary["excluded"] = done.excluded
+    summary["options"] = {
+        "per_head": opts.per_head,
+        "tau_rank": opts.tau_rank,
+        "tau_spectrum": opts.tau_spectrum,
+        "method": opts.method,
+    }
+    return SubspaceResult(done.rows, summary, alignment)

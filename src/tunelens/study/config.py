@@ -1,0 +1,240 @@
+"""``STUDY.yaml``: a typed, validated study config (unknown keys are errors).
+
+Example::
+
+    base: base
+    models:
+      - {name: base, path: zoo/base}
+      - {name: med, path: zoo/med, parent: base}
+      - {name: math, path: zoo/math, parent: base}
+    corpus: [zoo/corpora/medical.heldout.jsonl]
+    tasks: [zoo/tasks/hpo_mcqa.jsonl]
+    stages: [diff, subspace, activations, evaluate]
+    edits:
+      - {name: med-negated, target: pre, terms: {med: -1}}
+      - {name: med+math, terms: {med: 1, math: 1}}
+    sweep: {vector: med, scales: [-1, -0.5, 0, 0.5, 1]}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from tunelens.errors import TunelensError
+
+Stage = Literal["diff", "subspace", "activations", "evaluate"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: Path
+    parent: str | None = None
+
+
+@dataclass(frozen=True)
+class Edit:
+    """θ = θ_target + Σ λ·τ(model); ``target`` is ``pre`` (the base) or the name of a tuned model."""
+
+    name: str
+    terms: tuple[tuple[str, float], ...]
+    target: str = "pre"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    vector: str
+    scales: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class DiffStage:
+    embeddings: bool = True
+
+
+@dataclass(frozen=True)
+class SubspaceStage:
+    energy: tuple[float, ...] = (0.9,)
+    per_head: bool = False
+
+
+@dataclass(frozen=True)
+class ActivationsStage:
+    seq_len: int = 128
+    max_tokens: int = 16384
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class EvaluateStage:
+    limit: int | None = None
+    batch_size: int = 8
+    max_new_tokens: int = 96
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    base: str
+    models: tuple[ModelEntry, ...]
+    corpus: tuple[Path, ...] = ()
+    tasks: tuple[str, ...] = ()
+    stages: tuple[Stage, ...] = STAGES
+    edits: tuple[Edit, ...] = ()
+    sweep: Sweep | None = None
+    diff: DiffStage = field(default_factory=DiffStage)
+    subspace: SubspaceStage = field(default_factory=SubspaceStage)
+    activations: ActivationsStage = field(default_factory=ActivationsStage)
+    evaluate: EvaluateStage = field(default_factory=EvaluateStage)
+    title: str = "tunelens study"
+
+    @property
+    def base_model(self) -> ModelEntry:
+        return next(m for m in self.models if m.name == self.base)
+
+    @property
+    def tuned(self) -> tuple[ModelEntry, ...]:
+        return tuple(m for m in self.models if m.name != self.base)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> StudyConfig:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise TunelensError(f"{path}: cannot read ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise TunelensError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from exc
+        return cls.from_dict(data, root=Path(path).parent)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, root: Path = Path(".")) -> StudyConfig:
+        d = _mapping(data, "study")
+        _known(d, {f.name for f in fields(cls)}, "study")
+        models = tuple(_model(m, root, i) for i, m in enumerate(_list(d.get("models"), "models")))
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise TunelensError(f"study: model names must be unique, got {names}")
+        base = _str(d.get("base"), "base")
+        if base not in names:
+            raise TunelensError(f"study: base {base!r} is not one of the models ({', '.join(names)})")
+        for m in models:
+            if m.name != base and m.parent not in (None, base):
+                raise TunelensError(
+                    f"study: model {m.name} has parent {m.parent!r}, but the study's base is {base!r}; "
+                    "one study compares the fine-tunes of one base"
+                )
+            if not m.path.exists():
+                raise TunelensError(f"study: model {m.name}: {m.path} does not exist")
+        if len(models) < 2:
+            raise TunelensError("study: needs the base and at least one fine-tuned model")
+        stages = tuple(_list(d.get("stages", list(STAGES)), "stages"))
+        for s in stages:
+            if s not in STAGES:
+                raise TunelensError(f"study: unknown stage {s!r}; choose from {', '.join(STAGES)}")
+        tuned = [n for n in names if n != base]
+        edits = tuple(_edit(e, tuned, i) for i, e in enumerate(_list(d.get("edits", []), "edits")))
+        sweep = None
+        if d.get("sweep") is not None:
+            sd = _mapping(d["sweep"], "sweep")
+            _known(sd, {"vector", "scales"}, "sweep")
+            vec = _str(sd.get("vector"), "sweep.vector")
+            if vec not in tuned:
+                raise TunelensError(f"study: sweep.vector {vec!r} is not a tuned model ({', '.join(tuned)})")
+            sweep = Sweep(vec, tuple(_num(x, "sweep.scales") for x in _list(sd.get("scales"), "sweep.scales")))
+        corpus = tuple(_path(p, root) for p in _list(d.get("corpus", []), "corpus"))
+        for p in corpus:
+            if not p.exists():
+                raise TunelensError(f"study: corpus file {p} does not exist")
+        tasks = tuple(str(t) if not str(t).endswith((".jsonl", ".yaml", ".yml")) else str(_path(t, root))
+                      for t in _list(d.get("tasks", []), "tasks"))  # fmt: skip
+        return cls(
+            base=base,
+            models=models,
+            corpus=corpus,
+            tasks=tasks,
+            stages=stages,
+            edits=edits,
+            sweep=sweep,
+            diff=_sub(DiffStage, d.get("diff"), "diff"),
+            subspace=_sub(SubspaceStage, d.get("subspace"), "subspace"),
+            activations=_sub(ActivationsStage, d.get("activations"), "activations"),
+            evaluate=_sub(EvaluateStage, d.get("evaluate"), "evaluate"),
+            title=str(d.get("title", "tunelens study")),
+        )
+
+
+def _mapping(v: Any, where: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise TunelensError(f"study: {where} must be a mapping")
+    return v
+
+
+def _list(v: Any, where: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise TunelensError(f"study: {where} must be a list")
+    return v
+
+
+def _str(v: Any, where: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise TunelensError(f"study: {where} must be a non-empty string")
+    return v
+
+
+def _num(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TunelensError(f"study: {where}: λ must be a number, got {v!r}")
+    return float(v)
+
+
+def _known(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise TunelensError(
+            f"study: unknown key(s) in {where}: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _path(v: Any, root: Path) -> Path:
+    p = Path(_str(v, "path")).expanduser()
+    return p if p.is_absolute() else root / p
+
+
+def _model(v: Any, root: Path, i: int) -> ModelEntry:
+    d = _mapping(v, f"models[{i}]")
+    _known(d, {"name", "path", "parent"}, f"models[{i}]")
+    parent = d.get("parent")
+    return ModelEntry(_str(d.get("name"), f"models[{i}].name"), _path(d.get("path"), root),
+                      None if parent is None else _str(parent, f"models[{i}].parent"))  # fmt: skip
+
+
+def _edit(v: Any, tuned: list[str], i: int) -> Edit:
+    d = _mapping(v, f"edits[{i}]")
+    _known(d, {"name", "terms", "target"}, f"edits[{i}]")
+    terms_d = _mapping(d.get("terms"), f"edits[{i}].terms")
+    terms = []
+    for model, lam in terms_d.items():
+        if model not in tuned:
+            raise TunelensError(f"study: edits[{i}] names {model!r}, not a tuned model ({', '.join(tuned)})")
+        terms.append((str(model), _num(lam, f"edits[{i}].terms.{model}")))
+    target = str(d.get("target", "pre"))
+    if target != "pre" and target not in tuned:
+        raise TunelensError(f"study: edits[{i}].target must be 'pre' or a tuned model, got {target!r}")
+    return Edit(_str(d.get("name"), f"edits[{i}].name"), tuple(terms), target)
+
+
+def _sub(cls: Any, v: Any, where: str) -> Any:
+    if v is None:
+        return cls()
+    d = _mapping(v, where)
+    _known(d, {f.name for f in fields(cls)}, where)
+    kw = {k: tuple(x) if isinstance(x, list) else x for k, x in d.items()}
+    try:
+        return cls(**kw)
+    except TypeError as exc:
+        raise TunelensError(f"study: {where}: {exc}") from exc

@@ -1,0 +1,122 @@
+"""Vector specs, sizes, per-component factors, YAML recipes and the ``apply`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunelens.arithmetic.spec import (
+    VectorSpec,
+    build_recipe,
+    load_recipe,
+    parse_component_scales,
+    parse_size,
+    parse_vector_spec,
+)
+from tunelens.config import Selection
+from tunelens.errors import TunelensError
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "path", "scale"),
+    [
+        ("ft/", "ft", "ft", 1.0),
+        ("ft/:0.5", "ft", "ft", 0.5),
+        ("med=ft/", "med", "ft", 1.0),
+        ("med=ft/:-1", "med", "ft", -1.0),
+        ("med=/abs/ft-med:-2.5e-1", "med", "/abs/ft-med", -0.25),
+        ("runs/a=b/ft", "ft", "runs/a=b/ft", 1.0),  # '=' after a '/' is part of the path
+        ("ft:+.5", "ft", "ft", 0.5),
+        ("ft:abc", "ft:abc", "ft:abc", 1.0),  # not a number: part of the path
+    ],
+)
+def test_parse_vector_spec(text: str, name: str, path: str, scale: float) -> None:
+    spec = parse_vector_spec(text)
+    assert (spec.name, spec.path, spec.scale) == (name, Path(path), scale)
+
+
+def test_parse_vector_spec_errors() -> None:
+    for bad in ("", "med=", "med=:1"):
+        with pytest.raises(TunelensError):
+            parse_vector_spec(bad)
+
+
+def test_sizes_and_component_scales() -> None:
+    assert parse_size("2GB") == 2 * 10**9 and parse_size("500MB") == 5 * 10**8
+    assert parse_size("1GiB") == 1024**3 and parse_size("123") == 123 and parse_size(7) == 7
+    with pytest.raises(TunelensError):
+        parse_size("lots")
+    assert parse_component_scales(["mlp=0.5", "q=2"]) == (("gate", 0.5), ("up", 0.5), ("down", 0.5), ("q", 2.0))
+    for bad in (["mlp"], ["mlp=x"], ["up=1", "mlp=2"], ["nope=1"]):
+        with pytest.raises(TunelensError):
+            parse_component_scales(bad)
+
+
+def test_term_scale_and_recipe_checks() -> None:
+    specs = [VectorSpec("a", Path("a"), -1.0), VectorSpec("b", Path("b"), 2.0)]
+    r = build_recipe("base", specs, selection=Selection(components=("up", "q"), layers=(1,)),
+                     component_scales=(("up", 0.5),), mean=True)  # fmt: skip
+    a, b = r.terms
+    assert a.scale_for(1, "up") == -0.25 and b.scale_for(1, "q") == 1.0
+    assert a.scale_for(0, "up") == 0.0 and a.scale_for(1, "k") == 0.0 and a.scale_for(None, "embed") == 0.0
+    with pytest.raises(TunelensError, match="unique"):
+        build_recipe("base", [specs[0], specs[0]])
+    with pytest.raises(TunelensError, match="density"):
+        build_recipe("base", specs, method="ties")
+    with pytest.raises(TunelensError, match="density"):
+        build_recipe("base", specs, density=0.5)
+    with pytest.raises(TunelensError, match="at least one"):
+        build_recipe("base", [])
+
+
+def test_yaml_recipe(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(
+        "base: models/base\n"
+        "target: pre\n"
+        "only: mlp\n"
+        "scale: {down: 0.5}\n"
+        "mean: true\n"
+        "vectors:\n"
+        "  - med=ft-med:-1\n"
+        "  - {name: math, path: /abs/ft-math, scale: 2, layers: 0-1, component_scales: {up: 3}}\n"
+        "method: ties\n"
+        "density: 0.2\n"
+        "shard_size: 1GB\n"
+    )
+    r = load_recipe(tmp_path / "r.yaml")
+    assert r.base == tmp_path / "models/base" and r.method == "ties" and r.density == 0.2
+    assert r.shard_bytes == 10**9 and r.mean
+    med, math = r.terms
+    assert med.spec == VectorSpec("med", tmp_path / "ft-med", -0.5)
+    assert math.spec.path == Path("/abs/ft-math") and math.spec.scale == 1.0
+    assert med.scale_for(5, "down") == -0.25 and med.scale_for(5, "q") == 0.0
+    assert math.scale_for(1, "up") == 3.0 and math.scale_for(2, "up") == 0.0 and math.scale_for(0, "down") == 0.5
+    (tmp_path / "bad.yaml").write_text("base: b\nvectors: [a]\nlambda: 3\n")
+    with pytest.raises(TunelensError, match="unknown key"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_cli_apply_recipe_and_errors(tiny: Any, tuned: Any, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tunelens.cli import cli
+
+    base = tiny("llama")
+    ft = tuned(base)
+    (tmp_path / "r.yaml").write_text(f"base: {base}\nvectors: ['med={ft}:-1']\nonly: attention\n")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["apply", "--recipe", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "o"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "28 tensors edited" not in res.output and "12 of 30 tensors edited" in res.output
+    res = runner.invoke(cli, ["apply", "--recipe", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "p"), "--mean"])
+    assert res.exit_code == 2 and "--recipe holds the whole recipe" in res.output
+    res = runner.invoke(cli, ["apply", str(base), "-o", str(tmp_path / "q")])
+    assert res.exit_code == 2 and "at least one -v" in res.output
+    res = runner.invoke(cli, ["apply", str(base), "-v", str(tmp_path / "nope"), "-o", str(tmp_path / "q")])
+    assert res.exit_code == 2 and "no such file" in res.output
+    res = runner.invoke(cli, ["apply", str(base), "-v", f"{ft}:-1", "--target", "ft", "--only", "mlp",
+                              "--components", "up,q", "--scale", "up=0.5", "-o", str(tmp_path / "r"), "-q"])  # fmt: skip  # noqa: E501
+    assert res.exit_code == 0, res.output
+    assert "3 of 30 tensors edited" in res.output

@@ -1,0 +1,52 @@
+"""Independent numpy/scipy references for the subspace-alignment tests (no tunelens math used)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+
+def _ref_k(s: np.ndarray, kind: str, value: float) -> int:
+    r = len(s)
+    if kind == "rank":
+        return min(int(value), r)
+    if kind == "rank_fraction":
+        return min(max(1, int(np.ceil(value * r - 1e-9))), r)
+    e = np.cumsum(s**2) / np.sum(s**2)
+    return int(np.argmax(e >= value * (1 - 1e-12))) + 1
+
+
+def reference_shares(w: np.ndarray, tau: np.ndarray, kind: str, value: float) -> dict[str, float]:
+    """k, retained energy and the three shares from scipy's float64 SVD of ``w`` ([out, in])."""
+    u, s, vt = scipy.linalg.svd(w.astype(np.float64), full_matrices=False)
+    k = _ref_k(s, kind, value)
+    uk, vk = u[:, :k], vt[:k].T
+    t = tau.astype(np.float64)
+    t2 = np.sum(t**2)
+    return {
+        "k": k,
+        "energy": float(np.sum(s[:k] ** 2) / np.sum(s**2)),
+        "share_left": float(np.sum((uk.T @ t) ** 2) / t2),
+        "share_right": float(np.sum((t @ vk) ** 2) / t2),
+        "share_both": float(np.sum((uk.T @ t @ vk) ** 2) / t2),
+    }
+
+
+def reference_tau_spectrum(tau: np.ndarray, r: int) -> tuple[float, float]:
+    s = scipy.linalg.svdvals(tau.astype(np.float64))
+    s = s[s > s[0] * 1e-7]
+    p = s / s.sum()
+    return float(np.exp(-np.sum(p * np.log(p)))), float(np.sum(s[:r] ** 2) / np.sum(s**2))
+
+
+@pytest.fixture(scope="session")
+def ssa_ref() -> Callable[[np.ndarray, np.ndarray, str, float], dict[str, float]]:
+    return reference_shares
+
+
+@pytest.fixture(scope="session")
+def tau_ref() -> Callable[[np.ndarray, int], tuple[float, float]]:
+    return reference_tau_spectrum
