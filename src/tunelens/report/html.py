@@ -39,7 +39,7 @@ def build_report(folder: Path, *, title: str = "tunelens study") -> Path:
         parts.append(
             f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>'
             f'<p class="reading"><b>Reading:</b> {html.escape(s.reading)}</p>'
-            f'<p class="definition"><b>Definition:</b> {html.escape(s.definition)}</p>'
+            f"{_definition(s.definition)}"
             f"{''.join(imgs)}{s.body}</section>"
         )
     page = _PAGE.format(
@@ -52,6 +52,13 @@ def build_report(folder: Path, *, title: str = "tunelens study") -> Path:
     out = folder / "report.html"
     out.write_text(page)
     return out
+
+
+def _definition(text: str) -> str:
+    if len(text) <= 400:
+        return f'<p class="definition"><b>Definition:</b> {html.escape(text)}</p>'
+    body = "<br>".join(html.escape(line) for line in text.splitlines())
+    return f'<details class="definition"><summary><b>Definitions</b></summary>{body}</details>'
 
 
 _PAGE = """<!DOCTYPE html>

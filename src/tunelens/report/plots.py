@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -28,24 +28,36 @@ def _png(fig: Any) -> bytes:
 
 
 def heatmap(names: Sequence[str], matrix: Sequence[Sequence[float]], title: str, note: str) -> bytes:
-    """Fig. 3 style: cosine between tuning vectors, annotated, symmetric colour scale."""
+    """Fig. 3 style: cosine between tuning vectors, annotated; the colour scale spans the off-diagonal values
+    (the diagonal, 1 by definition, is drawn grey so it does not wash out the scale)."""
+    import numpy as np
+
     n = len(names)
-    fig, ax = _fig(1.6 + 1.1 * n, 1.2 + 1.0 * n)
-    off = [abs(matrix[i][j]) for i in range(n) for j in range(n) if i != j] or [1.0]
+    fig, ax = _fig(3.2 + 1.0 * n, 1.8 + 0.9 * n)
+    m = np.array(matrix, dtype=float)
+    off = [abs(m[i][j]) for i in range(n) for j in range(n) if i != j] or [1.0]
     lim = max(max(off), 1e-6)
-    im = ax.imshow(matrix, cmap="coolwarm", vmin=-lim, vmax=lim)
+    shown = np.ma.masked_where(np.eye(n, dtype=bool), m)
+    cmap = matplotlib_cmap("coolwarm").with_extremes(bad="#dddddd")
+    im = ax.imshow(shown, cmap=cmap, vmin=-lim, vmax=lim)
     ax.set_xticks(range(n), names, rotation=30, ha="right")
     ax.set_yticks(range(n), names)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{matrix[i][j]:+.3f}", ha="center", va="center", fontsize=9)
-    ax.set_title(title, fontsize=10)
+            ax.text(j, i, f"{m[i][j]:+.3f}", ha="center", va="center", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.text(0.01, 0.01, note, fontsize=7)
     return _png(fig)
 
 
-def per_layer(series: dict[str, Sequence[float]], title: str, ylabel: str, hline: float | None = None) -> bytes:
+def matplotlib_cmap(name: str) -> Any:
+    import matplotlib
+
+    return matplotlib.colormaps[name].copy()
+
+
+def per_layer(series: Mapping[str, Sequence[float]], title: str, ylabel: str, hline: float | None = None) -> bytes:
     """Fig. 1 / Fig. 2 style: one line per model (or pair) over layers."""
     fig, ax = _fig()
     for name, ys in series.items():
@@ -53,6 +65,7 @@ def per_layer(series: dict[str, Sequence[float]], title: str, ylabel: str, hline
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=1, label=f"{hline:g}")
     ax.set_xlabel("layer")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -62,7 +75,7 @@ def per_layer(series: dict[str, Sequence[float]], title: str, ylabel: str, hline
 
 def grouped_bars(
     groups: Sequence[str],
-    series: dict[str, Sequence[float]],
+    series: Mapping[str, Sequence[float]],
     title: str,
     ylabel: str,
     baseline: Sequence[float] | None = None,
@@ -80,5 +93,18 @@ def grouped_bars(
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def lines(xs: Sequence[float], series: Mapping[str, Sequence[float]], title: str, xlabel: str, ylabel: str) -> bytes:
+    """A metric against a scale (the λ sweep): one line per metric."""
+    fig, ax = _fig()
+    for name, ys in series.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)

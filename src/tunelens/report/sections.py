@@ -111,4 +111,177 @@ def _argmax(groups: dict[str, dict[str, Any]], key: str) -> str:
     return best[0]
 
 
-SECTION_BUILDERS: list[Callable[[Path], Section | None]] = [weight_cosine, vector_cosine]
+PAPER_COMPONENTS = ("q", "k", "v", "o", "gate", "up", "down")
+SHARES = ("left", "right", "both")
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    try:
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+    except OSError as exc:
+        raise TunelensError(f"{path}: cannot read stage output ({exc.strerror})") from exc
+
+
+def _mean(xs: list[float]) -> float:
+    return math.fsum(xs) / len(xs) if xs else math.nan
+
+
+def subspace_alignment(folder: Path) -> Section | None:
+    """Table 4 style: SSA per component (plain mean over whole tensors) with the random baseline."""
+    path = folder / "subspace" / "subspace.csv"
+    if not path.exists():
+        return None
+    rows = [r for r in _read_csv(path) if not r["head"]]
+    if not rows:
+        return None
+    crit = rows[0].get("criterion", "")
+    rows = [r for r in rows if r.get("criterion", "") == crit]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    comps = [c for c in PAPER_COMPONENTS if any(r["component"] == c for r in rows)]
+
+    def cell(model: str, comp: str, col: str) -> float:
+        return _mean([float(r[col]) for r in rows if r["model"] == model and r["component"] == comp])
+
+    table_rows = []
+    for m in models:
+        for share in SHARES:
+            table_rows.append([f"{m} ({share})", *[cell(m, c, f"share_{share}") for c in comps]])
+    for share in SHARES:
+        table_rows.append([f"random baseline ({share})", *[cell(models[0], c, f"baseline_{share}") for c in comps]])
+    attn = [cell(m, c, "share_left") for m in models for c in comps if c in ("q", "k", "v", "o")]
+    mlp = [cell(m, c, "share_left") for m in models for c in comps if c in ("gate", "up", "down")]
+    a, b = _mean(attn), _mean(mlp)
+    reading = (
+        f"Left SSA ({crit}), mean over models: attention {a:.3f}, MLP {b:.3f} — "
+        + (
+            "lower in MLP than attention, as in the paper (new directions in MLP, amplified ones in attention)"
+            if b < a
+            else "not lower in MLP than in attention, unlike the paper's finding"
+        )  # fmt: skip
+    )
+    series = {m: [cell(m, c, "share_left") for c in comps] for m in models}
+    png = plots.grouped_bars([f"W_{c}" for c in comps], series, f"SSA, left share ({crit})", "‖U_kᵀτ‖²/‖τ‖²",
+                             baseline=[cell(models[0], c, "baseline_left") for c in comps])  # fmt: skip
+    definition = (
+        "left ‖U_kᵀτ‖²/‖τ‖² (baseline k/out), right ‖τV_k‖²/‖τ‖² (baseline k/in), both ‖U_kᵀτV_k‖²/‖τ‖² "
+        "(baseline k²/(out·in)), with U_k, V_k the top-k singular vectors of the pre-trained W (exact float64 "
+        f"basis), k by {crit}; cells are plain means over the component's whole tensors (heads excluded)."
+    )
+    body = table(["model (share)", *[f"W_{c}" for c in comps]], table_rows, "{:.3f}")
+    return Section("subspace", "Subspace alignment per component (paper Table 4)", definition, reading, body,
+                   {"table4_subspace_alignment": png})  # fmt: skip
+
+
+def activation_patterns(folder: Path) -> Section | None:
+    """Fig. 1 / Fig. 2 style: fraction of active FFN neurons per layer; edit distance per layer."""
+    path = folder / "activations" / "activations.json"
+    if not path.exists():
+        return None
+    s = load_json(path)
+    frac = {m["name"]: m["fraction_active"] for m in s["models"]}
+    figs = {"fig1_fraction_active": plots.per_layer(frac, "fraction of active FFN neurons", "fraction active")}
+    spread = max(max(v) - min(v) for v in zip(*frac.values(), strict=True))
+    tokens = s["models"][0].get("tokens")
+    reading = f"Fraction active differs across models by at most {spread:.4f} at any layer ({tokens} tokens)"
+    body = table(["model", *[f"L{i}" for i in range(len(next(iter(frac.values()))))]],
+                 [[n, *v] for n, v in frac.items()], "{:.3f}")  # fmt: skip
+    pairs = s.get("pairs", [])
+    if pairs:
+        dist = {f"{p['a']}↔{p['b']}": p["distance"] for p in pairs}
+        figs["fig2_edit_distance"] = plots.per_layer(dist, "normalized edit distance of activation patterns",
+                                                     "Hamming / d_ff", hline=PAPER_DISTANCE)  # fmt: skip
+        n_all = sum(len(v) for v in dist.values())
+        n_low = sum(1 for v in dist.values() for x in v if x < PAPER_DISTANCE)
+        worst = max(pairs, key=lambda p: p["mean"])
+        reading += (
+            f"; {n_low}/{n_all} layer distances below the paper's 0.04, largest mean {worst['mean']:.4f} "
+            f"({worst['a']}↔{worst['b']})"
+        )
+        body += "<p>Edit distance per layer:</p>" + table(
+            ["pair", "mean", *[f"L{i}" for i in range(len(pairs[0]["distance"]))]],
+            [[f"{p['a']}↔{p['b']}", p["mean"], *p["distance"]] for p in pairs],
+            "{:.4f}",
+        )
+    defs = s.get("definitions", {})
+    definition = "\n".join(f"{k}: {v}" for k, v in defs.items() if isinstance(v, str)) or "see activations.json"
+    return Section("activations", "FFN activation patterns (paper Fig. 1 and Fig. 2)", definition, reading + ".",
+                   body, figs)  # fmt: skip
+
+
+def _eval_rows(folder: Path) -> list[dict[str, Any]]:
+    rows = []
+    root = folder / "evaluate"
+    for res in sorted(root.glob("*/results.json")) if root.is_dir() else []:
+        for r in load_json(res)["results"]:
+            variant = r.get("variant") or ""
+            label = (
+                res.parent.name
+                if variant in ("", "as_loaded", "as loaded", "edited")
+                else f"{res.parent.name} {variant}"
+            )
+            rows.append({**r, "label": label, "run": res.parent.name})
+    return rows
+
+
+def evaluation(folder: Path) -> Section | None:
+    """Tables 1 / 3 and Fig. 4 style: every metric for base, fine-tuned, negated and added models."""
+    rows = [r for r in _eval_rows(folder) if r.get("value") is not None]
+    if not rows:
+        return None
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    cols = list(dict.fromkeys((r["task"], r["metric"]) for r in rows))
+    value = {(r["label"], r["task"], r["metric"]): (r["value"], r.get("stderr")) for r in rows}
+
+    def v(label: str, col: tuple[str, str]) -> float:
+        x = value.get((label, *col))
+        return math.nan if x is None else float(x[0])
+
+    body = table(["model", *[f"{t}: {m}" for t, m in cols]], [[lab, *[v(lab, c) for c in cols]] for lab in labels])
+    body += "<p>n and standard errors: <code>evaluate/*/results.json</code>; samples: <code>samples.jsonl</code>.</p>"
+    first: dict[str, tuple[str, str]] = {}
+    for t, m in cols:
+        first.setdefault(t, (t, m))
+    main_cols = list(first.values())
+    series = {lab: [v(lab, c) for c in main_cols] for lab in labels if not lab.startswith("sweep-")}
+    title = "evaluation of base, fine-tuned and edited models"
+    figs = {"fig4_evaluation": plots.grouped_bars([f"{t}\n{m}" for t, m in main_cols], series, title, "score")}
+    base = labels[0]
+    moves = []
+    for lab in labels[1:]:
+        if lab.startswith("sweep-"):
+            continue
+        deltas = [(v(lab, c) - v(base, c), c) for c in main_cols if not math.isnan(v(lab, c) - v(base, c))]
+        if deltas:
+            d, c = max(deltas, key=lambda t: abs(t[0]))
+            moves.append(f"{lab}: {c[0]} {c[1]} {v(base, c):.3f}→{v(lab, c):.3f}")
+    sweep = [lab for lab in labels if lab.startswith("sweep-")]
+    if sweep:
+        lams = []
+        for lab in sweep:
+            try:
+                lams.append(float(lab.rsplit("=", 1)[1]))
+            except (IndexError, ValueError):
+                lams.append(math.nan)
+        order = sorted(range(len(sweep)), key=lambda i: lams[i])
+        ss = {f"{t}: {m}": [v(sweep[i], (t, m)) for i in order] for t, m in main_cols}
+        figs["fig4_sweep"] = plots.lines([lams[i] for i in order], ss, "λ sweep", "λ (θ_base + λ·τ)", "score")
+    reading = (f"Largest change from {base} per model: " + "; ".join(moves)) if moves else f"{len(labels)} model(s)"
+    definition = (
+        "acc / acc_norm: log-likelihood multiple choice as lm-evaluation-harness defines them (acc_norm by byte "
+        "length); rouge1: ROUGE-1 F-measure (rouge-score); compliance: share of outputs obeying the three "
+        "system-prompt rules; exact_match: final number equal. n and standard errors in results.json."
+    )
+    return Section("evaluation", "Evaluation of base, fine-tuned and edited models (paper Tables 1, 3; Fig. 4)",
+                   definition, reading, body, figs)  # fmt: skip
+
+
+SECTION_BUILDERS: list[Callable[[Path], Section | None]] = [
+    weight_cosine,
+    vector_cosine,
+    subspace_alignment,
+    activation_patterns,
+    evaluation,
+]
