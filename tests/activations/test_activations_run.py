@@ -85,6 +85,33 @@ def test_counts_and_distances_equal_in_memory_reference(
         assert q["mean"] == pytest.approx(diff.mean(), rel=1e-14)
         assert q["distance_max"] == pytest.approx(diff.sum(axis=2).max(axis=1) / 64)
         assert 0 < q["mean"] < 0.5
+    store = s["pattern_store"]
+    assert store["stored_models"] == ["pre", "ft"]  # every model but the last
+    assert store["pattern_bytes"] == 2 * 3 * tokens * 8  # (models - 1) * layers * tokens * ceil(64 / 8)
+    assert store["token_file_bytes"] == 4 * s["corpus"]["stream_tokens"]
+
+
+def test_one_model_resident_at_a_time(
+    tiny: Callable[..., Path], corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weakref
+
+    import tunelens.activations.run as run
+
+    loaded: list[weakref.ref[Any]] = []
+    real = run.load_model
+
+    def load(*args: Any, **kw: Any) -> Any:
+        assert all(r() is None for r in loaded), "the previous model is still in memory"
+        model = real(*args, **kw)
+        loaded.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(run, "load_model", load)
+    m = tiny("llama")
+    opts = ActivationOptions(**OPTS, max_tokens=40)
+    tl.activations([f"a={m}", f"b={m}", f"c={m}"], corpus=corpus_file, options=opts)
+    assert len(loaded) == 3
 
 
 def test_model_against_itself_is_exactly_zero(tiny: Callable[..., Path], corpus_file: Path) -> None:
@@ -206,6 +233,19 @@ def test_bad_inputs_are_one_line_errors(tiny: Callable[..., Path], corpus_file: 
         tl.activations([tiny("llama"), tiny("llama")], corpus=corpus_file)
     with pytest.raises(TunelensError, match="--seq-len"):
         ActivationOptions(seq_len=1)
+    with pytest.raises(TunelensError, match="--device"):
+        ActivationOptions(device="tpu")
+
+
+def test_cuda_without_a_device_is_refused_early(
+    tiny: Callable[..., Path], corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tunelens.activations.run as run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(run, "tokenize", lambda *a, **k: pytest.fail("tokenized before refusing"))
+    with pytest.raises(TunelensError, match="--device cuda: no CUDA device"):
+        tl.activations([tiny("llama")], corpus=corpus_file, options=ActivationOptions(**OPTS, device="cuda"))
 
 
 def test_bfloat16_run(tiny: Callable[..., Path], corpus_file: Path) -> None:
@@ -221,20 +261,28 @@ def test_cli_runs_on_the_bundled_corpus(tiny: Callable[..., Path], tmp_path: Pat
     m = tiny("llama")
     out = tmp_path / "cli"
     args = ["activations", f"pre={m}", f"ft={m}", "-o", str(out), "--max-tokens", "200", "--seq-len", "32"]
-    r = CliRunner().invoke(cli, args)
+    r = CliRunner().invoke(cli, [*args, "--dtype", "fp32"])
     assert r.exit_code == 0, r.output
     assert f"wrote {out}/activations.json" in r.output and "FFN activations on 200 tokens" in r.output
+    assert "patterns: 4.8 kB on disk while running (8 bytes per token per layer per stored model)" in r.output
     s = json.loads((out / "activations.json").read_text())
     assert s["corpus"]["files"][0]["path"] == str(bundled_corpus()) and s["corpus"]["tokens"] == 200
+    assert s["dtype"] == "float32" and s["pattern_store"]["pattern_bytes"] == 3 * 200 * 8
     r = CliRunner().invoke(cli, ["activations", str(tmp_path / "nope"), "-o", str(tmp_path / "x")])
     assert r.exit_code == 2 and "no such file" in r.output
 
 
 @pytest.mark.gpu
-def test_cuda_counts_equal_cpu(tiny: Callable[..., Path], corpus_file: Path, device: str) -> None:
+def test_cuda_counts_equal_cpu(tiny: Callable[..., Path], corpus_file: Path, device: str, tmp_path: Path) -> None:
     if not device.startswith("cuda") or not torch.cuda.is_available():
         pytest.skip("needs --device cuda and a CUDA device")
     m = tiny("llama")
-    cpu = tl.activations([m], corpus=corpus_file, options=ActivationOptions(**OPTS)).summary
-    gpu = tl.activations([m], corpus=corpus_file, options=ActivationOptions(**OPTS, device=device)).summary
-    assert gpu["models"][0]["fraction_active"] == pytest.approx(cpu["models"][0]["fraction_active"], abs=1e-3)
+    ft = perturb(m, tmp_path / "ft", scale=0.05, only=_mlp_only)
+    models = [f"a={m}", f"b={ft}"]
+    cpu = tl.activations(models, corpus=corpus_file, options=ActivationOptions(**OPTS)).summary
+    gpu = tl.activations(models, corpus=corpus_file, options=ActivationOptions(**OPTS, device=device)).summary
+    for c, g in zip(cpu["models"], gpu["models"], strict=True):
+        assert g["fraction_active"] == pytest.approx(c["fraction_active"], abs=1e-3)
+    # the device path packs on the GPU: the same distances up to the few bits fp32 GPU kernels flip
+    assert gpu["pairs"][0]["distance"] == pytest.approx(cpu["pairs"][0]["distance"], abs=2e-3)
+    assert gpu["pairs"][0]["mean"] > 0

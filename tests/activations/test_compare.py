@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tunelens.activations import compare
 from tunelens.activations.compare import (
     PairSums,
     active_indices,
     hamming,
     levenshtein,
     pack,
+    pack_torch,
     quantile_from_histogram,
 )
 from tunelens.activations.store import PatternStore, store_bytes
@@ -36,6 +38,23 @@ def test_hamming_on_packed_bits_equals_naive(d_ff: int) -> None:
     assert pack(a).shape == (50, (d_ff + 7) // 8)
     np.testing.assert_array_equal(hamming(pack(a), pack(b)), (a != b).sum(axis=1))
     assert active_indices(pack(a), d_ff) == [list(np.flatnonzero(r)) for r in a]
+
+
+@pytest.mark.parametrize("d_ff", [8, 13, 64, 100])
+def test_device_packing_equals_numpy_packbits(d_ff: int) -> None:
+    import torch
+
+    mask = torch.rand(37, d_ff, generator=torch.Generator().manual_seed(d_ff)) < 0.5
+    np.testing.assert_array_equal(pack_torch(mask).numpy(), np.packbits(mask.numpy(), axis=1))
+
+
+def test_hamming_without_numpy_bitwise_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy < 2 has no bitwise_count: the byte lookup table gives the same counts."""
+    rng = np.random.default_rng(2)
+    a, b = rng.random((30, 77)) < 0.5, rng.random((30, 77)) < 0.3
+    if hasattr(np, "bitwise_count"):
+        monkeypatch.delattr(np, "bitwise_count")
+    np.testing.assert_array_equal(compare.hamming(pack(a), pack(b)), (a != b).sum(axis=1))
 
 
 def test_levenshtein_equals_naive_dynamic_programming() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tunelens.activations.bundled import bundled_corpus, obo_definition
@@ -92,8 +93,13 @@ def test_max_tokens_truncates_and_says_so(tok: Any, tmp_path: Path) -> None:
     assert corpus.identity["files"][1] == {"path": str(q), "used": False}
     want = _naive_sequences(tok, DOCS, 8, True, limit=30)
     assert _flatten(corpus)[0] == want and [len(w) for w in want] == [8, 8, 8, 8, 3]  # 4 x 7 + 2 tokens
+    lengths = [len(tok(d, add_special_tokens=False)["input_ids"]) + 1 for d in DOCS]
+    starts = np.cumsum([0, *lengths[:-1]])
+    assert corpus.identity["documents"] == int((starts < 30).sum()) < len(DOCS)  # docs with a token used
     full = tokenize([p], tok, ActivationOptions(seq_len=8, max_tokens=10**6), work)
-    assert not full.identity["truncated_by_max_tokens"]
+    assert not full.identity["truncated_by_max_tokens"] and full.identity["documents"] == len(DOCS)
+    cut_text = tokenize([q, p], tok, ActivationOptions(seq_len=8, max_tokens=2), work)
+    assert cut_text.identity["documents"] == 1 and cut_text.identity["files"][1]["used"] is False
 
 
 def test_bad_corpus_input_is_one_clear_error(tok: Any, tmp_path: Path) -> None:

@@ -46,11 +46,16 @@ def test_base_plus_tau_is_the_finetune(
     assert changed == len(b)  # every float tensor of the tuned fixture moved
 
 
-def test_bf16_base_plus_tau_is_exact(bf16_pair: tuple[Path, Path], run_apply: Any) -> None:
+def test_bf16_base_plus_tau_is_exact(bf16_pair: tuple[Path, Path], run_apply: Any, tmp_path: Path) -> None:
     base, ft = bf16_pair
     out, _ = run_apply(base, [str(ft)])
     f = read_state(ft)
     assert all(_bits_equal(out[k], f[k]) for k in f)
+    # the same through a float32 vector folder (mixed stored dtypes: bf16 target, F32 τ)
+    vec = write_vector(open_checkpoint(base), open_checkpoint(ft), tmp_path / "vec")
+    assert {t.dtype for t in read_state(vec).values()} == {torch.float32}
+    out2, _ = run_apply(base, [str(vec)])
+    assert all(_bits_equal(out2[k], f[k]) for k in f)
 
 
 @pytest.mark.parametrize("family", ["llama", "phi3", "gpt2", "qwen2"])
@@ -217,3 +222,88 @@ def test_vocab_crop_keeps_the_base_shape(tiny: Any, run_apply: Any, tmp_path: Pa
     assert torch.allclose(out["lm_head.weight"], b["lm_head.weight"] - 0.01, atol=1e-6)
     cropped = result.metadata["alignment"]["cropped"]
     assert {c["tensor"] for c in cropped} == {"model.embed_tokens.weight", "lm_head.weight"}
+
+
+def test_untied_finetune_of_a_tied_base_as_target(tiny: Any, tuned: Any, run_apply: Any, tmp_path: Path) -> None:
+    """--target ft where the base ties lm_head but the fine-tune stores its own: lm_head's τ is taken
+    against the base's embedding and the fine-tune's lm_head is edited, not replaced by its embedding."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tunelens.testing import write_config
+
+    base = tiny("llama_tied")
+    ft = tmp_path / "ft-untied"
+    shutil.copytree(tuned(base), ft)
+    state = load_file(str(ft / "model.safetensors"))
+    embed = "model.embed_tokens.weight"
+    state["lm_head.weight"] = state[embed] + 0.05 * torch.randn(state[embed].shape, generator=torch.Generator())
+    save_file(state, str(ft / "model.safetensors"), metadata={"format": "pt"})
+    write_config(ft, tie_word_embeddings=False)
+    out, result = run_apply(base, [f"{ft}:0.5"], target="ft")
+    b = read_state(base)
+    head = state["lm_head.weight"].double()
+    want = head + 0.5 * (head - b[embed].double())
+    assert torch.allclose(out["lm_head.weight"].double(), want, atol=1e-6)
+    want_embed = state[embed].double() + 0.5 * (state[embed].double() - b[embed].double())
+    assert torch.allclose(out[embed].double(), want_embed, atol=1e-6)
+    assert result.metadata["tensors"]["tied"] == {} and result.metadata["notes"] == []
+
+
+def test_layers_outside_the_model_are_an_error(tiny: Any, tuned: Any, run_apply: Any) -> None:
+    from tunelens.errors import TunelensError
+
+    base = tiny("llama")
+    with pytest.raises(TunelensError, match=r"--layers 3,7 not in .* \(layers 0-2\)"):
+        run_apply(base, [str(tuned(base))], selection=Selection(layers=(1, 3, 7)))
+
+
+def test_ties_and_dare_against_naive_definitions(tiny: Any, tuned: Any, run_apply: Any) -> None:
+    """Independent of PEFT: TIES as trim / elect / disjoint mean in float64, and DARE's drop-and-rescale
+    structure (each element of the update is 0 or λτ/density; about `density` of them kept)."""
+    base = tiny("llama")
+    fts = [tuned(base, seed=s) for s in (1, 2, 3)]
+    lams = [0.8, 0.5, -0.4]
+    density = 0.3
+    out, _ = run_apply(base, [f"{f}:{lam}" for f, lam in zip(fts, lams, strict=True)], method="ties", density=density)
+    b = read_state(base)
+    states = [read_state(f) for f in fts]
+    for name in ("model.layers.1.mlp.up_proj.weight", "model.layers.0.self_attn.k_proj.weight"):
+        taus = [s[name].double() - b[name].double() for s in states]
+        trimmed = []
+        for t in taus:
+            k = int(density * t.numel())
+            keep = torch.zeros(t.numel(), dtype=torch.bool)
+            keep[t.abs().flatten().argsort(descending=True)[:k]] = True
+            trimmed.append(torch.where(keep.view(t.shape), t, torch.zeros_like(t)))
+        elected = torch.where(torch.stack(trimmed).sum(0) >= 0, 1.0, -1.0)  # from the unweighted trimmed τ
+        weighted = [lam * t for lam, t in zip(lams, trimmed, strict=True)]
+        agree = [t.sign() == elected for t in trimmed]  # τ_i's own sign (a trimmed zero never agrees)
+        total = sum(torch.where(a, w, torch.zeros_like(w)) for a, w in zip(agree, weighted, strict=True))
+        count = sum(a.double() for a in agree)
+        assert isinstance(total, torch.Tensor) and isinstance(count, torch.Tensor)
+        want = b[name].double() + total / count.clamp_min(1)
+        assert torch.allclose(out[name].double(), want, atol=1e-6), name
+    # DARE, one vector: update = λ τ m / density with m ∈ {0, 1}
+    out, _ = run_apply(base, [f"{fts[0]}:0.8"], method="dare_linear", density=0.4, seed=3)
+    name = "model.layers.2.mlp.down_proj.weight"
+    tau = states[0][name].double() - b[name].double()
+    ratio = (out[name].double() - b[name].double()) / (0.8 * tau / 0.4)
+    kept = (ratio - 1).abs() < 1e-4
+    assert bool((kept | (ratio.abs() < 1e-4)).all())
+    n = tau.numel()
+    assert abs(float(kept.double().mean()) - 0.4) < 4 * (0.4 * 0.6 / n) ** 0.5
+
+
+def test_worker_count_does_not_change_a_bit(tiny: Any, tuned: Any, run_apply: Any) -> None:
+    """Per-worker reused buffers: 1 worker and 4 workers write identical bytes (3 vectors, dtype change)."""
+    from tunelens.config import ReadOptions
+
+    base = tiny("llama", sharded=True)
+    specs = [f"{tuned(base, seed=s)}:{lam}" for s, lam in ((1, 0.5), (2, -1.0), (3, 0.25))]
+    one, _ = run_apply(base, specs, dtype="bfloat16", options=ReadOptions(workers=1, quiet=True))
+    four, _ = run_apply(base, specs, dtype="bfloat16", options=ReadOptions(workers=4, quiet=True))
+    assert set(one) == set(four) and all(_bits_equal(one[k], four[k]) for k in one)
+    b = read_state(base)
+    assert all(not torch.equal(one[k], b[k].to(torch.bfloat16)) for k in b)

@@ -60,6 +60,7 @@ def test_output_loads_generates_and_matches_a_naive_edit(family: str, tiny: Any,
     assert gen.shape[1] == enc["input_ids"].shape[1] + 5
 
 
+@pytest.mark.slow  # mergekit's import alone takes ~5 s of CPU
 def test_matches_mergekit_task_arithmetic(
     tiny: Any, tuned: Any, run_apply: Any, tmp_path: Path, ulp_close: Callable[..., bool]
 ) -> None:

@@ -72,3 +72,19 @@ def test_lambda_sweep_values(tiny: Any, tuned: Any) -> None:
             got = model.state_dict()[name]
             assert torch.allclose(got, b[name] + lam * (f[name] - b[name]), atol=1e-7)
         assert _same_bits(model, snap)
+
+
+def test_component_factors_and_mask_match_apply(tiny: Any, tuned: Any, run_apply: Any) -> None:
+    base = tiny("phi3")  # fused qkv / gate_up: factors act on parts, written back in place
+    ft1, ft2 = tuned(base, seed=1), tuned(base, seed=2)
+    sel = Selection(components=("k", "v", "up", "down", "final_norm"))
+    factors = (("up", 0.25), ("v", -2.0))
+    want, _ = run_apply(base, [f"{ft1}:0.5", f"{ft2}:-1"], selection=sel, scales=factors)
+    model = _load(base)
+    snap = _snapshot(model)
+    terms = [(open_checkpoint(ft1), 0.5), (open_checkpoint(ft2), -1.0)]
+    with edited(model, open_checkpoint(base), terms, selection=sel, component_scales=factors) as m:
+        state = m.state_dict()
+        for name, w in want.items():
+            assert torch.equal(state[name], w), name
+    assert _same_bits(model, snap)

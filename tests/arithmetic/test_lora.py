@@ -105,3 +105,41 @@ def test_cli_lora_and_errors(tiny: Any, tuned: Any, tmp_path: Path) -> None:
     assert "LoRA tensors" in res.output and (tmp_path / "l" / "adapter_model.safetensors").is_file()
     res = runner.invoke(cli, ["lora", str(base), str(tuned(base)), "-o", str(tmp_path / "m"), "-q"])
     assert res.exit_code == 2 and "exactly one of --rank" in res.output
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gpt2", "llama_tied"])
+def test_keep_full_makes_peft_merge_equal_the_finetune(family: str, tiny: Any, tuned: Any, tmp_path: Path) -> None:
+    """At energy 1 with --keep-full, PEFT's merged model is θ_ft on every tensor except a tied
+    embedding, which is listed as dropped (biases via bias='lora_only', norms/embeddings via
+    modules_to_save)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunelens import api
+
+    base = tiny(family)
+    ft = tuned(base, scale=0.05)
+    out = tmp_path / "lora"
+    assert api.vector(base, ft, out, lora=True, energy=1.0, keep_full=True) == out
+    meta = json.loads((out / "tunelens.json").read_text())
+    t = meta["tensors"]
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(out)).merge_and_unload().state_dict()
+    f, b = read_state(ft), read_state(base)
+    dropped = {d["tensor"] for d in t["dropped"]}
+    tied = {"llama_tied": {"model.embed_tokens.weight"}, "gpt2": {"transformer.wte.weight"}}.get(family, set())
+    assert dropped == tied
+    for name in f:
+        want = b[name] if name in dropped else f[name]
+        assert torch.allclose(merged[name], want, atol=1e-6, rtol=1e-5), name
+    kept = set(t["kept_full"])
+    assert kept and all(b[n].dim() == 1 or "embed" in n or "lm_head" in n or "wpe" in n for n in kept)
+    assert len(kept) + t["lora"] + len(dropped) == len(b)
+    if family == "qwen2":
+        cfg = json.loads((out / "adapter_config.json").read_text())
+        assert cfg["bias"] == "lora_only" and "model.layers.0.self_attn.q_proj.bias" in kept
+    rows = {r["tensor"]: r for r in csv.DictReader((out / "lora.csv").open())}
+    assert all(rows[n]["status"] == "kept full" and float(rows[n]["relative_error"]) < 1e-6 for n in kept)
+    assert meta["dropped_share"] == pytest.approx(
+        sum(float(rows[n]["tau_norm"]) ** 2 for n in dropped) / sum(float(r["tau_norm"]) ** 2 for r in rows.values())
+    )

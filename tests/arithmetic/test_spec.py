@@ -93,9 +93,22 @@ def test_yaml_recipe(tmp_path: Path) -> None:
     assert math.spec.path == Path("/abs/ft-math") and math.spec.scale == 1.0
     assert med.scale_for(5, "down") == -0.25 and med.scale_for(5, "q") == 0.0
     assert math.scale_for(1, "up") == 3.0 and math.scale_for(2, "up") == 0.0 and math.scale_for(0, "down") == 0.5
-    (tmp_path / "bad.yaml").write_text("base: b\nvectors: [a]\nlambda: 3\n")
-    with pytest.raises(TunelensError, match="unknown key"):
-        load_recipe(tmp_path / "bad.yaml")
+    bad = {
+        "base: b\nvectors: [a]\nlambda: 3\n": "unknown key",
+        "base: b\nvectors: [{path: a, scale: big}]\n": "scale must be a number",
+        "base: b\nvectors: [a]\nmethod: ties\ndensity: much\n": "density must be a number",
+        "base: b\nvectors: [a]\nseed: 1.5\n": "seed must be an integer",
+        "base: b\nvectors: [a]\ntarget: sideways\n": "target must be pre or ft",
+        "base: b\nvectors: [a]\nshard_size: lots\n": "bad size",
+        "base: b\nvectors: [a]\nlayers: 0-x\n": "bad --layers",
+        "vectors: [a]\n": "needs base",
+        "- just a list\n": "YAML mapping",
+        "base: [unclosed\n": "invalid YAML",
+    }
+    for i, (text, message) in enumerate(bad.items()):
+        (tmp_path / f"bad{i}.yaml").write_text(text)
+        with pytest.raises(TunelensError, match=message):
+            load_recipe(tmp_path / f"bad{i}.yaml")
 
 
 def test_cli_apply_recipe_and_errors(tiny: Any, tuned: Any, tmp_path: Path) -> None:
@@ -120,3 +133,91 @@ def test_cli_apply_recipe_and_errors(tiny: Any, tuned: Any, tmp_path: Path) -> N
                               "--components", "up,q", "--scale", "up=0.5", "-o", str(tmp_path / "r"), "-q"])  # fmt: skip  # noqa: E501
     assert res.exit_code == 0, res.output
     assert "3 of 30 tensors edited" in res.output
+
+
+def test_cli_dtype_shard_size_card_and_metadata(tiny: Any, tuned: Any, tmp_path: Path) -> None:
+    import json
+
+    import torch
+    from click.testing import CliRunner
+    from transformers import AutoModelForCausalLM
+
+    from tunelens.checkpoints.index import open_checkpoint
+    from tunelens.cli import cli
+    from tunelens.testing import read_state
+
+    base = tiny("qwen2")
+    ft = tuned(base)
+    out = tmp_path / "o"
+    args = ["apply", str(base), "-v", f"med={ft}:-1", "--only", "mlp", "--layers", "1-2", "--scale", "down=0.5",
+            "--dtype", "bfloat16", "--shard-size", "40KB", "-o", str(out), "-q"]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all((out / s).stat().st_size <= 40_000 + 4096 for s in shards)
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    assert model.dtype == torch.bfloat16  # config.json's dtype follows --dtype
+    got, b, f = read_state(out), read_state(base), read_state(ft)
+    for k in b:
+        lam = -0.5 if ".down_proj." in k else -1.0
+        if ".mlp." in k and (".layers.1." in k or ".layers.2." in k):
+            want = (b[k].double() + lam * (f[k].double() - b[k].double())).float().to(torch.bfloat16)
+            assert torch.equal(got[k], want), k  # float32 compute rounded once to bf16 (float64 agrees here)
+        else:
+            assert torch.equal(got[k], b[k].to(torch.bfloat16)), k
+    meta = json.loads((out / "tunelens.json").read_text())
+    term = meta["recipe"]["terms"][0]
+    assert term["scale"] == -1.0 and term["component_scales"] == {"down": 0.5}
+    assert term["mask"]["components"] != "all" and term["mask"]["layers"] != "all"
+    assert meta["base"]["sha256"] == open_checkpoint(base).fingerprint
+    assert meta["vectors"][0]["sha256"] == open_checkpoint(ft).fingerprint and meta["vectors"][0]["kind"] == "model"
+    assert meta["compute_dtype"] == "float32" and meta["output_dtype"] == "bfloat16"
+    assert meta["recipe"]["shard_bytes"] == 40_000
+    assert {"skipped", "cropped"} <= set(meta["alignment"])
+    assert {"command", "tunelens_version", "inputs", "wall_seconds", "definitions"} <= set(meta)
+    assert meta["tensors"]["edited"] == 6
+    card = (out / "README.md").read_text()
+    assert "base_model:" in card and "λ = -1" in card and "layers 1,2" in card and "down×0.5" in card
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--layers", "x"], "bad --layers"),
+        (["--layers", "5"], "not in"),
+        (["--only", "mlpp"], "unknown component"),
+        (["--scale", "mlp"], "bad --scale"),
+        (["--method", "ties"], "needs --density"),
+        (["--density", "0.5"], "--density only applies"),
+        (["--method", "ties", "--density", "1.5"], "needs --density in (0, 1]"),
+        (["--shard-size", "lots"], "bad size"),
+        (["-v", "{ft}"], "unique"),
+    ],
+)
+def test_cli_bad_input_is_one_line(extra: list[str], message: str, tiny: Any, tuned: Any, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tunelens.cli import cli
+
+    base = tiny("llama")
+    ft = tuned(base)
+    extra = [e.format(ft=ft) for e in extra]
+    res = CliRunner().invoke(cli, ["apply", str(base), "-v", str(ft), *extra, "-o", str(tmp_path / "o"), "-q"])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], res.output
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
+
+
+def test_cli_target_ft_needs_a_model_folder(tiny: Any, tuned: Any, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tunelens.checkpoints.index import open_checkpoint
+    from tunelens.cli import cli
+    from tunelens.vectors.write import write_vector
+
+    base = tiny("llama")
+    vec = write_vector(open_checkpoint(base), open_checkpoint(tuned(base)), tmp_path / "vec")
+    res = CliRunner().invoke(cli, ["apply", str(base), "-v", f"{vec}:-1", "--target", "ft", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "needs the first vector to be a fine-tuned model folder" in res.output

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -50,3 +50,25 @@ def ssa_ref() -> Callable[[np.ndarray, np.ndarray, str, float], dict[str, float]
 @pytest.fixture(scope="session")
 def tau_ref() -> Callable[[np.ndarray, int], tuple[float, float]]:
     return reference_tau_spectrum
+
+
+@pytest.fixture(scope="module")
+def single_blas() -> Iterator[None]:
+    """One torch and one numpy/scipy BLAS thread: their threads spin against each other on a busy 2-core
+    machine (6x slower).
+
+    Speed only; without ``threadpoolctl`` the tests run unchanged.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: OpenMP barriers only cost time on a shared machine
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+    else:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(threads)

@@ -17,6 +17,8 @@ from tunelens.stats.subspace_basis import Criterion, decompose
 
 SHAPES = [(48, 160), (160, 48), (130, 130)]
 
+pytestmark = pytest.mark.usefixtures("single_blas")
+
 
 def planted_weight(out: int, inp: int, seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """W = U diag(σ) Vᵀ with known orthonormal U, V (scipy QR) and well-separated σ."""
@@ -52,12 +54,34 @@ def test_basis_matches_scipy(shape: tuple[int, int], method: Any) -> None:
         np.testing.assert_allclose(pv @ pv.T, vt[:k].T @ vt[:k], atol=2e-5)
 
 
-def test_gram_falls_back_to_svd_when_rank_deficient() -> None:
+def test_gram_trusts_only_resolved_columns_when_rank_deficient() -> None:
     torch.manual_seed(1)
     w = torch.randn(150, 6) @ torch.randn(6, 200)  # rank 6 < 150
     basis = decompose(w, "gram")
-    assert basis.method == "svd"
-    np.testing.assert_allclose(basis.S.numpy(), scipy.linalg.svdvals(w.double().numpy()), atol=1e-9)
+    assert basis.method == "gram" and basis.trusted == 6
+    np.testing.assert_allclose(basis.S[:6].numpy(), scipy.linalg.svdvals(w.double().numpy())[:6], rtol=1e-9)
+    u, _, vt = scipy.linalg.svd(w.double().numpy(), full_matrices=False)
+    pv = basis.V[:, :6].double().numpy()
+    np.testing.assert_allclose(pv @ pv.T, vt[:6].T @ vt[:6], atol=2e-6)
+    assert decompose(w, "svd").trusted == 150
+
+
+@pytest.mark.parametrize(("kappa", "all_trusted"), [(1e3, True), (3e4, True), (3e5, False), (1e7, False)])
+def test_gram_accuracy_and_trusted_columns_by_condition_number(kappa: float, all_trusted: bool) -> None:
+    """Gram squares the condition number: only columns that stay accurate (~1e-7) are trusted."""
+    rng = np.random.default_rng(9)
+    out, inp = 60, 200
+    u, _ = scipy.linalg.qr(rng.standard_normal((out, out)))
+    v, _ = scipy.linalg.qr(rng.standard_normal((inp, out)), mode="economic")
+    sigma = np.geomspace(1.0, 1.0 / kappa, out)
+    w = (u * sigma) @ v.T
+    basis = decompose(torch.from_numpy(w), "gram")
+    assert basis.method == "gram"
+    expect = int(np.sum(np.finfo(np.float64).eps / sigma**2 <= 1e-6))
+    assert basis.trusted == expect and (expect == out) == all_trusted
+    for k in (out // 2, basis.trusted - 1, basis.trusted):  # projectors onto V_k, the side divided by sigma
+        pv = basis.V[:, :k].double().numpy()
+        np.testing.assert_allclose(pv @ pv.T, v[:, :k] @ v[:, :k].T, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["gram", "svd"])

@@ -22,6 +22,8 @@ from tunelens.testing import make_tiny, perturb, read_state
 
 COMPS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up"}
 
+pytestmark = pytest.mark.usefixtures("single_blas")
+
 
 def _component(name: str) -> str | None:
     return next((c for key, c in {**COMPS, "down_proj": "down"}.items() if f".{key}." in name), None)
@@ -45,6 +47,7 @@ def test_llama_rows_match_reference(
     assert len(names) == 3 * 7
     assert {r["tensor"] for r in res.rows} == set(names)
     assert len(res.rows) == len(names) * 3
+    assert res.summary["cache"]["misses"] == len(names)  # three criteria, one decomposition per tensor
     for r in res.rows:
         w = sb[r["tensor"]].double().numpy()
         tau = (sf[r["tensor"]].double() - sb[r["tensor"]].double()).numpy()
@@ -176,6 +179,29 @@ def test_cache_hits_identical_and_invalidated(tmp_path: Path, tuned: Callable[..
     assert heads.summary["cache"]["misses"] == 3 * 4
 
 
+def test_cache_keeps_the_method_of_a_fallback(tmp_path: Path, tiny: Callable[..., Path], ssa_ref: Any) -> None:
+    """k beyond a rank-deficient tensor's resolved gram columns: svd instead, cached (as svd) too."""
+    low = "model.layers.0.mlp.up_proj.weight"
+
+    def rank3(name: str, t: torch.Tensor) -> torch.Tensor:
+        return t[:, :3] @ t[:3] if name == low else t
+
+    base = perturb(tiny("llama"), tmp_path / "base", fn=rank3)
+    ft = perturb(base, tmp_path / "ft", scale=0.05)
+    runs = [api.subspace(base, [ft], cache_dir=tmp_path / "c", method="gram", rank=[2, 5]) for _ in range(2)]
+    assert [r.summary["cache"]["hits"] for r in runs] == [0, 22]  # the rank-3 tensor: a gram and an svd entry
+    assert runs[0].rows == runs[1].rows
+    assert runs[1].summary["decomposition"]["decompose_seconds"] == 0
+    low_rows = _rows(runs[1], tensor=low)
+    assert {r["method"] for r in low_rows} == {"svd"}
+    assert {r["method"] for r in runs[1].rows if r["tensor"] != low} == {"gram"}
+    sb, sf = read_state(base), read_state(ft)
+    w = sb[low].double().numpy()
+    for row in low_rows:
+        ref = ssa_ref(w, sf[low].double().numpy() - w, "rank", row["k"])
+        assert row["share_both"] == pytest.approx(ref["share_both"], rel=1e-4)
+
+
 def test_aggregates_plain_and_energy_weighted(tiny: Callable[..., Path], tuned: Callable[..., Path]) -> None:
     base = tiny("llama")
     ft = tuned(base, scale=0.05, only=lambda n: "layers.0." in n or "layers.1.mlp" in n)
@@ -201,7 +227,7 @@ def test_cli_writes_outputs_and_rejects_bad_input(
     out = tmp_path / "ssa"
     runner = CliRunner()
     args = ["subspace", str(base), f"med={ft}", "-o", str(out), "--cache-dir", str(tmp_path / "c")]
-    r = runner.invoke(cli, [*args, "--energy", "0.5,0.9", "--rank", "4", "--per-head"])
+    r = runner.invoke(cli, [*args, "--energy", "0.5,0.9", "--rank", "4", "--rank-fraction", "0.25", "--per-head"])
     assert r.exit_code == 0, r.output
     assert "W_up" in r.output and "wrote" in r.output
     with (out / "subspace.csv").open() as fh:
@@ -210,7 +236,7 @@ def test_cli_writes_outputs_and_rejects_bad_input(
         "model", "tensor", "layer", "component", "head", "rows", "cols", "k", "energy", "share_left",
         "share_right", "share_both", "baseline_left", "baseline_right", "baseline_both",
     ]  # fmt: skip
-    assert {row["criterion"] for row in rows} == {"energy=0.5", "energy=0.9", "rank=4"}
+    assert {row["criterion"] for row in rows} == {"energy=0.5", "energy=0.9", "rank_fraction=0.25", "rank=4"}
     summary = json.loads((out / "summary.json").read_text())
     for key in ("definitions", "tunelens_version", "inputs", "table4", "cache", "wall_seconds", "peak_rss_bytes"):
         assert key in summary

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tunelens.activations.compare import PairSums, pack
+from tunelens.activations.compare import PairSums, pack, pack_torch
 from tunelens.activations.corpus import TokenizedCorpus
 from tunelens.activations.hooks import mlp_activation_hooks
 from tunelens.activations.options import Pattern
@@ -73,12 +73,13 @@ def collect(
 
     def sink(layer: int, mask: torch.Tensor) -> None:
         block = mask[:, where["skip"] :, :].reshape(-1, mask.shape[-1])  # (tokens, d_ff)
-        bits = block.cpu().numpy()
         assert active is not None
-        active[layer] += int(np.count_nonzero(bits))
+        on_cpu = block.device.type == "cpu"
+        # count (and pack) where the mask lives: from a GPU only the packed bits travel
+        active[layer] += int(np.count_nonzero(block.numpy())) if on_cpu else int(block.sum(dtype=torch.int64))
         if own is None and not refs:
             return
-        packed = pack(bits)
+        packed = pack(block.numpy()) if on_cpu else pack_torch(block).cpu().numpy()  # (tokens, ceil(d_ff/8))
         if own is not None:
             own.write(layer, where["row"], packed)
         for ref, acc in zip(refs, pairs, strict=True):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from tunelens.activations.options import Distance
 from tunelens.errors import TunelensError
@@ -19,6 +20,7 @@ from tunelens.errors import TunelensError
 U8 = np.ndarray[Any, np.dtype[np.uint8]]
 I64 = np.ndarray[Any, np.dtype[np.int64]]
 QUANTILES = (0.5, 0.9, 0.99)
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  # numpy < 2 has no bitwise_count
 
 
 def pack(mask: np.ndarray[Any, np.dtype[np.bool_]]) -> U8:
@@ -26,9 +28,21 @@ def pack(mask: np.ndarray[Any, np.dtype[np.bool_]]) -> U8:
     return np.packbits(mask, axis=1)
 
 
+def pack_torch(mask: torch.Tensor) -> torch.Tensor:
+    """:func:`pack` computed where ``mask`` lives: on a GPU, 8x less to copy back to the host."""
+    n, d_ff = mask.shape  # (tokens, d_ff)
+    bits = mask.to(torch.uint8)
+    if d_ff % 8:
+        bits = torch.nn.functional.pad(bits, (0, 8 - d_ff % 8))  # zero bits at the end, as np.packbits
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=mask.device)
+    return (bits.reshape(n, -1, 8) * weights).sum(dim=-1, dtype=torch.uint8)  # (tokens, ceil(d_ff / 8))
+
+
 def hamming(a: U8, b: U8) -> I64:
     """Per-token Hamming distance (differing neurons) between two packed pattern blocks."""
-    bits: I64 = np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=1, dtype=np.int64)
+    xor = np.bitwise_xor(a, b)  # (tokens, nbytes)
+    counts = np.bitwise_count(xor) if hasattr(np, "bitwise_count") else _POPCOUNT[xor]
+    bits: I64 = counts.sum(axis=1, dtype=np.int64)
     return bits
 
 

@@ -138,16 +138,20 @@ def tokenize(files: list[Path], tokenizer: Any, options: ActivationOptions, work
                 continue
             entry: dict[str, Any] = {"path": str(file), "bytes": file.stat().st_size, "sha256": _sha256(file)}
             docs = 0
+            doc_start: int | None = None  # stream position where the current document began
             chunks = _chunks(_pieces(file, options.text_field, headers))
             for texts, ends in chunks:
                 encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
                 ids: list[int] = []
                 for piece, end in zip(encoded, ends, strict=True):
+                    if doc_start is None:
+                        doc_start = total + len(ids)
                     ids.extend(piece)
                     if end:
-                        docs += 1
                         if eos_id is not None:
                             ids.append(eos_id)
+                        docs += int(limit is None or doc_start < limit)  # some of its tokens are used
+                        doc_start = None
                 if limit is not None and total + len(ids) >= limit:
                     truncated = total + len(ids) > limit or next(chunks, None) is not None
                     ids = ids[: limit - total]
@@ -161,6 +165,8 @@ def tokenize(files: list[Path], tokenizer: Any, options: ActivationOptions, work
                 if limit is not None and total >= limit:
                     break
             chunks.close()
+            if doc_start is not None and (limit is None or doc_start < limit):
+                docs += 1  # a text file cut by --max-tokens before its end
             entry.update(documents=docs, used=True)
             documents += docs
             records.append(entry)

@@ -90,5 +90,18 @@ def definitions(options: ActivationOptions) -> dict[str, str]:
         "hamming": "per layer: mean over tokens of Hamming(a_A, a_B) / d_ff (always reported)",
         "distance_quantiles": "per layer: p50 / p90 / p99 / max over tokens of the per-token distance "
         "(inverted-CDF quantiles of the exact per-token values)",
-        "mean": "unweighted mean over layers of the per-layer value",
+        "mean": "unweighted mean over layers of the per-layer value (models[].mean: of fraction_active; "
+        "pairs[].mean: of distance; pairs[].hamming_mean: of hamming)",
+        "active": "per layer: the exact integer count of (token, neuron) positions with a = 1 (int64)",
+        "sums": "pairs[].sums.hamming_bits / distance_units: per layer, the exact integer sum over tokens of "
+        "the per-token Hamming distance (bits) / of the chosen distance (bits or edits); distance = "
+        "distance_units / (tokens * d_ff)",
+        "d_ff": "MLP width: input width of the layer's down projection (GPT-2: c_proj)",
+        "seconds": "models[].seconds: wall time of the model's pass over the corpus (forward + capture), "
+        "excluding loading; tokens_per_second = tokens / seconds",
+        "pattern_store": "bytes_per_token_per_layer = ceil(d_ff / 8); pattern_bytes = (models - 1) * layers * "
+        "tokens * ceil(d_ff / 8) (every model but the last is stored); token_file_bytes = 4 * stream tokens; "
+        "disk_bytes = their sum, the peak temporary disk use (removed at the end)",
+        "models_resident": "one model in memory at a time; later models are compared with the stored patterns "
+        "of earlier ones token by token while they run",
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import torch
 from tunelens.activations.bundled import bundled_corpus
 from tunelens.activations.collect import ModelCounts, collect
 from tunelens.activations.compare import QUANTILES, PairSums, require_rapidfuzz
-from tunelens.activations.corpus import TOKEN_DTYPE, TokenizedCorpus, find_files, tokenize
+from tunelens.activations.corpus import find_files, tokenize
 from tunelens.activations.hooks import find_sites
 from tunelens.activations.loading import check_vocab, load_model, resolve_dtype, shared_tokenizer
 from tunelens.activations.options import ActivationOptions
@@ -49,6 +50,8 @@ def run_activations(
     """Fractions active per layer for every model and distances for every pair (see the module docstring)."""
     if options.distance == "levenshtein" and options.store and len(models) > 1:
         require_rapidfuzz()
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TunelensError(f"--device {options.device}: no CUDA device is available")
     files = find_files(list(corpus_paths) if corpus_paths else [bundled_corpus()])
     tokenizer, tokenizer_info = shared_tokenizer(models, options)
     dtype = resolve_dtype(options, models[0])
@@ -61,7 +64,6 @@ def run_activations(
         corpus = tokenize(files, tokenizer, options, work)
         check_vocab(models, corpus.max_id)
         _check_positions(models, options.seq_len)
-        disk = _check_disk(models, corpus, work) if stored else 0
         stores: list[tuple[str, PatternStore]] = []
         try:
             for i, ck in enumerate(models):
@@ -72,6 +74,8 @@ def run_activations(
                         f"{ck.name} has {layers} layers of width {d_ff}, {stores[0][0]} has "
                         f"{stores[0][1].layers} of width {stores[0][1].d_ff}; patterns cannot be compared"
                     )
+                if stored and i == 0:
+                    _check_disk((len(models) - 1) * store_bytes(layers, corpus.tokens, d_ff), d_ff, work)
                 new = tuple(PairSums(n, ck.name, options.distance, layers, d_ff) for n, _ in stores)
                 own = None
                 if stored and i < len(models) - 1:
@@ -90,8 +94,10 @@ def run_activations(
                     )
                 )
                 pairs.extend(new)
-                del model
-                gc.collect()
+                alive = weakref.ref(model)
+                del model  # freed here by reference counting; a full gc only if something cycles back to it
+                if alive() is not None and i < len(models) - 1:
+                    gc.collect()
                 if options.device.startswith("cuda"):
                     torch.cuda.empty_cache()
         except OSError as exc:
@@ -99,6 +105,8 @@ def run_activations(
         finally:
             for _, s in stores:
                 s.close()
+        pattern_bytes = sum(s.path.stat().st_size for _, s in stores)
+        token_bytes = corpus.path.stat().st_size
     order = {ck.name: i for i, ck in enumerate(models)}
     pairs.sort(key=lambda p: (order[p.a], order[p.b]))
     summary: dict[str, Any] = {
@@ -113,8 +121,13 @@ def run_activations(
         "options": options.describe(),
         "pattern_store": {
             "stored": stored,
+            "stored_models": [n for n, _ in stores],
             "bytes_per_token_per_layer": (counts[0].d_ff + 7) // 8,
-            "disk_bytes": disk,
+            "pattern_bytes": pattern_bytes,
+            "token_file_bytes": token_bytes,
+            "disk_bytes": pattern_bytes + token_bytes,
+            "layout": "one raw uint8 file per stored model, shape (layers, tokens, ceil(d_ff / 8)), "
+            "np.packbits bit order (most significant bit first); in a temporary folder removed at the end",
         },
     }
     return ActivationResult(summary, long_rows(summary))
@@ -162,19 +175,15 @@ def _check_positions(models: list[Checkpoint], seq_len: int) -> None:
             raise TunelensError(f"--seq-len {seq_len} exceeds {ck.name}'s {limit} positions")
 
 
-def _check_disk(models: list[Checkpoint], corpus: TokenizedCorpus, work: Path) -> int:
-    a = models[0].arch
-    if a.num_layers is None or a.intermediate_size is None:
-        return 0
-    need = (len(models) - 1) * store_bytes(a.num_layers, corpus.tokens, a.intermediate_size)
+def _check_disk(need: int, d_ff: int, work: Path) -> None:
+    """Refuse before the first forward when the packed patterns would not fit in ``work``."""
     free = shutil.disk_usage(work).free
     if need > free:
         raise TunelensError(
-            f"the activation patterns need {need / 1e9:.2f} GB in {work} ({(a.intermediate_size + 7) // 8} bytes "
+            f"the activation patterns need {need / 1e9:.2f} GB in {work} ({(d_ff + 7) // 8} bytes "
             f"per token per layer per stored model), only {free / 1e9:.2f} GB are free; use --work-dir, "
             "--max-tokens or --no-store"
         )
-    return need + corpus.stream_tokens * TOKEN_DTYPE.itemsize
 
 
 @contextmanager

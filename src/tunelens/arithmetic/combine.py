@@ -13,7 +13,9 @@ final offset (one copy, any order, two tensors in flight by default).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from io import FileIO
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +43,14 @@ DEFINITIONS = {
     "lambda_i(part)": "scale_i * product of component factors if the term's mask keeps the part, else 0",
     "target": "pre: the base; ft: the first vector's fine-tuned model",
     "unchanged": "tensors whose effective lambdas are all 0 are copied byte for byte (no float32 round trip)",
-    "ties": "PEFT ties: trim each tau_i to its top `density` share by |value| per part, elect the sign of "
-    "sum_i trimmed tau_i, disjoint mean of the lambda-weighted values agreeing with it",
-    "dare": "PEFT dare_*: drop each element with probability p = 1 - density, rescale by 1/density; seeded "
-    "per part with sha256(seed:tensor:part)",
+    "ties": "PEFT ties (majority_sign_method='total'), per part: trim each tau_i to its top int(density * numel) "
+    "entries by |value|; elected sign = +1 where sum_i trimmed tau_i >= 0 else -1 (unweighted); update = "
+    "sum of lambda_i * trimmed tau_i over the i whose trimmed tau_i has the elected sign, divided by their "
+    "count (at least 1)",
+    "dare": "PEFT dare_linear / dare_ties, per part: keep each element of each tau_i with probability density "
+    "(drop rate p = 1 - density), rescale kept ones by 1/density, then sum_i lambda_i tau_i (dare_linear) or "
+    "the ties sign election and disjoint mean (dare_ties); torch generator seeded per part with the first 63 "
+    "bits of sha256('{seed}:{tensor}:{part index}')",
 }
 
 
@@ -91,13 +97,24 @@ def plan_apply(recipe: Recipe, options: ReadOptions | None = None) -> ApplyPlan:
             raise TunelensError(
                 f"--target ft needs the first vector to be a fine-tuned model folder; {target.name} is a vector folder"
             )
-    aligned = {j.name: j for j in alignment.tensors if j.name in base.tensors}
+    n_layers = base.arch.num_layers
+    for term in recipe.terms:
+        wanted = term.selection.layers
+        if wanted is not None and n_layers is not None and any(x >= n_layers for x in wanted):
+            bad = sorted(x for x in wanted if x >= n_layers)
+            raise TunelensError(
+                f"{term.spec.name}: --layers {','.join(map(str, bad))} not in {base.name} (layers 0-{n_layers - 1})"
+            )
+    # every aligned tensor, including an lm_head that only an untied target stores (its τ is taken
+    # against the tied base's embedding, as ``align`` lines it up)
+    aligned = {j.name: j for j in alignment.tensors}
     skipped = {s["tensor"]: s["reason"] for s in alignment.skipped}
     tied_to: dict[str, str] = {}
-    if base.arch.tie_word_embeddings:
-        embed = next((n for n in aligned if base.arch.parse(n)[1] == "embed" and "wpe" not in n), None)
+    if target.arch.tie_word_embeddings:
+        # the target ties lm_head to its embedding: a stored lm_head gets the edited embedding's values
+        embed = next((n for n in target.tensors if target.arch.parse(n)[1] == "embed" and "wpe" not in n), None)
         for name in target.tensors:
-            if embed and base.arch.parse(name)[1] == "lm_head":
+            if embed and target.arch.parse(name)[1] == "lm_head":
                 tied_to[name] = embed
     jobs: list[OutJob] = []
     copied: dict[str, str] = {}
@@ -124,36 +141,104 @@ def part_scales(plan: ApplyPlan, job: AlignedTensor) -> list[list[float]]:
     return [[t.scale_for(p.layer, p.component) for p in job.parts] for t in plan.recipe.terms]
 
 
-def compute_tensor(plan: ApplyPlan, job: OutJob, reader: TensorReader) -> tuple[torch.Tensor, bool]:
-    """The output tensor of ``job`` and whether it was edited (False: the target's stored bytes)."""
-    raw = reader.read(job.info)
+class Scratch:
+    """Per-thread reusable buffers, so that each tensor is read, converted and written without fresh
+    allocations: a new multi-megabyte tensor is a fresh ``mmap`` whose pages the kernel zero-fills on
+    first touch, and on the ~1B pair that page-faulting cost more system time than the I/O itself.
+    Buffers grow to the largest tensor seen (memory: a few times the largest tensor per worker, as
+    before, but allocated once). A returned tensor is valid until the same ``key`` is asked again."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, torch.Tensor] = {}
+        self._files: dict[Path, FileIO] = {}
+
+    def get(self, key: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        n = 1
+        for d in shape:
+            n *= d
+        buf = self._bufs.get(key)
+        if buf is None or buf.dtype != dtype or buf.numel() < n:
+            buf = self._bufs[key] = torch.empty(n, dtype=dtype)
+        return buf[:n].view(shape)
+
+    def read(self, key: str, info: TensorInfo, reader: TensorReader) -> torch.Tensor:
+        """The stored tensor ``info`` (stored dtype and shape), read into buffer ``key``."""
+        if info.begin < 0:  # pickle checkpoints: the reader's own path
+            return reader.read(info)
+        out = self.get(key, TORCH_DTYPES[info.dtype], info.shape)
+        if info.nbytes == 0:
+            return out
+        fh = self._files.get(info.file)
+        if fh is None:
+            try:
+                fh = self._files[info.file] = FileIO(info.file, "rb")
+            except OSError as exc:
+                raise TunelensError(f"{info.file}: cannot open ({exc.strerror})") from exc
+        view = memoryview(out.view(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
+        fh.seek(info.begin)
+        got = 0
+        while got < info.nbytes:
+            n = fh.readinto(view[got:])
+            if not n:
+                raise TunelensError(f"{info.file}: truncated while reading {info.name}")
+            got += n
+        return out
+
+    def read_float(self, key: str, info: TensorInfo, reader: TensorReader) -> torch.Tensor:
+        """``info`` as float32 in buffer ``key`` (read in place when stored as float32; other dtypes go
+        through one shared ``raw`` buffer, converted at once)."""
+        raw = self.read(key if info.dtype == "F32" else "raw", info, reader)
+        if raw.dtype == torch.float32:
+            return raw
+        return self.get(key, torch.float32, info.shape).copy_(raw)
+
+    def close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+        self._bufs.clear()
+
+
+def compute_tensor(
+    plan: ApplyPlan, job: OutJob, reader: TensorReader, scratch: Scratch | None = None
+) -> tuple[torch.Tensor, bool]:
+    """The output tensor of ``job`` and whether it was edited (False: the target's stored bytes).
+
+    With ``scratch``, the result lives in its buffers (valid until the next call on that scratch).
+    """
+    scratch = scratch or Scratch()
+    raw = scratch.read("target", job.info, reader)
     aj = job.aligned
     scales = part_scales(plan, aj) if aj is not None else []
     active = [i for i, row in enumerate(scales) if any(s != 0.0 for s in row)]
+    out_dtype = TORCH_DTYPES[job.out_dtype]
     if aj is None or not active:
-        out_dtype = TORCH_DTYPES[job.out_dtype]
-        return (raw if raw.dtype == out_dtype else raw.to(out_dtype)), False
+        return (raw if raw.dtype == out_dtype else scratch.get("final", out_dtype, raw.shape).copy_(raw)), False
     rows = aj.rows
     need_base = plan.target is not plan.base or any(plan.sources[i].kind == "model" for i in active)
-    out = raw.float() if raw.dtype != torch.float32 else raw
+    out = raw if raw.dtype == torch.float32 else scratch.get("out", torch.float32, raw.shape).copy_(raw)
     base_f: torch.Tensor | None = None
     if need_base:
-        base_f = out if plan.target is plan.base else reader.read_float(aj.base)
+        base_f = out if plan.target is plan.base else scratch.read_float("base", aj.base, reader)
         if rows is not None:
             base_f = base_f[:rows]
     taus: dict[int, torch.Tensor] = {}
     for i in active:
-        t = reader.read_float(aj.others[i])
+        t = scratch.read_float(f"tau{i}", aj.others[i], reader)
         if rows is not None:
             t = t[:rows]
         if plan.sources[i].kind == "model":
             assert base_f is not None
-            t = t.sub_(base_f)  # read_float returns a fresh tensor: safe in place
+            t = t.sub_(base_f)  # its own buffer: safe in place
         taus[i] = t
     recipe = plan.recipe
     update = tensor_update(aj, scales, taus, method=recipe.method, density=recipe.density, seed=recipe.seed)
     add_update(out if rows is None else out[:rows], update, aj, scales)
-    return out.to(TORCH_DTYPES[job.out_dtype]), True
+    if out_dtype == torch.float32:
+        return out, True
+    if raw.dtype == out_dtype and raw is not out:  # the target's bytes are no longer needed: reuse them
+        return raw.copy_(out), True
+    return scratch.get("final", out_dtype, out.shape).copy_(out), True
 
 
 def apply_recipe(
@@ -171,11 +256,21 @@ def apply_recipe(
     order = {n: i for i, n in enumerate(plan.target.tensors)}
     planned.sort(key=lambda p: order.get(p.name, len(order)))
     pool = ReaderPool()
+    local = threading.local()
+    scratches: list[Scratch] = []
+
+    def scratch() -> Scratch:
+        mine: Scratch | None = getattr(local, "scratch", None)
+        if mine is None:
+            mine = local.scratch = Scratch()
+            scratches.append(mine)
+        return mine
+
     with atomic_dir(out, force=force) as tmp:
         with ShardedWriter(tmp, planned, max_shard_bytes=recipe.shard_bytes) as writer:
 
             def work(job: OutJob) -> bool:
-                tensor, edited = compute_tensor(plan, job, pool.get())
+                tensor, edited = compute_tensor(plan, job, pool.get(), scratch())
                 writer.write(job.name, tensor)
                 for name in job.tied:
                     writer.write(name, tensor)
@@ -192,6 +287,8 @@ def apply_recipe(
                 )
             finally:
                 pool.close()
+                for sc in scratches:
+                    sc.close()
         copy_side_files(plan.target.path, tmp, dtype=recipe.dtype)
         meta = _metadata(plan, edited, clock)
         write_json(tmp / VECTOR_META, meta)
@@ -222,5 +319,10 @@ def _metadata(plan: ApplyPlan, edited: list[bool], clock: RunClock) -> dict[str,
             "tied": {t: j.name for j in plan.jobs for t in j.tied},
         },
         "alignment": plan.alignment.report(),
+        "notes": (
+            ["the target ties lm_head to its embedding: lm_head takes the embedding's edit (its mask and factors)"]
+            if plan.target.arch.tie_word_embeddings
+            else []
+        ),
         **clock.metadata([plan.base.describe(), *(s.describe() for s in plan.sources)]),
     }

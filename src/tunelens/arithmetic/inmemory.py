@@ -29,7 +29,9 @@ from dataclasses import dataclass
 import torch
 
 from tunelens.arithmetic.merges import add_update, tensor_update
+from tunelens.arithmetic.spec import Term, VectorSpec
 from tunelens.checkpoints.align import AlignedTensor, align
+from tunelens.checkpoints.architectures import Component
 from tunelens.checkpoints.index import Checkpoint, TensorInfo
 from tunelens.checkpoints.stream import ReaderPool, TensorReader
 from tunelens.config import ReadOptions, Selection
@@ -72,19 +74,24 @@ def edited(
     terms: Sequence[tuple[Checkpoint, float]],
     *,
     selection: Selection | None = None,
+    component_scales: Sequence[tuple[Component, float]] = (),
     options: ReadOptions | None = None,
 ) -> Iterator[torch.nn.Module]:
-    """Apply ``θ_base + Σ λ_i τ_i`` in place to ``model`` (loaded from ``base``); restore exactly on exit."""
+    """Apply ``θ_base + Σ λ_i τ_i`` in place to ``model`` (loaded from ``base``); restore exactly on exit.
+
+    ``selection`` masks every term (as ``apply --only/--components/--layers``) and
+    ``component_scales`` multiplies λ per component (as ``apply --scale``, e.g. ``[("up", 0.5)]``).
+    """
     options = options or ReadOptions(quiet=True)
     selection = selection or Selection()
     sources = [ck for ck, _ in terms]
-    scales = [float(s) for _, s in terms]
+    spec_terms = [Term(VectorSpec(ck.name, ck.path, float(s)), selection, tuple(component_scales)) for ck, s in terms]
     alignment = align(base, sources, vocab=options.vocab, missing=options.missing)
     jobs: list[tuple[AlignedTensor, torch.Tensor, list[list[float]]]] = []
     tensors = resolve_tensors(model, [j.name for j in alignment.tensors])
     seen: set[int] = set()
     for job in alignment.tensors:
-        per_part = [[s if selection.keeps(p.layer, p.component) else 0.0 for p in job.parts] for s in scales]
+        per_part = [[t.scale_for(p.layer, p.component) for p in job.parts] for t in spec_terms]
         if not any(v != 0.0 for row in per_part for v in row):
             continue
         target = tensors.get(job.name)

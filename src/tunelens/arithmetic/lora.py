@@ -7,8 +7,12 @@ rank r, fixed (``rank``) or the smallest r with ``Σ_{i≤r} σ_i² ≥ energy �
 per module (PEFT scale α/r = 1), so PEFT's merged weight is ``θ_base + B A``. Per tensor the
 report gives the rank, the retained energy ``Σ_{i≤r} σ_i² / Σ σ_i²`` and the relative Frobenius
 error ``‖τ − B A‖_F / ‖τ‖_F`` measured on the stored float32 factors. Tensors a LoRA cannot carry
-(1-D norms and biases, embeddings, lm_head, weights outside layers) and all-zero τ are dropped and
-listed with their share of ``‖τ‖²``.
+(1-D norms and biases, embeddings, lm_head, weights outside layers) are dropped and listed with
+their share of ``‖τ‖²``, or with ``keep_full`` stored whole: their fine-tuned values
+``θ_base + τ`` (in the base's dtype) through PEFT's ``modules_to_save`` (norms, embeddings,
+lm_head: every tensor of such a module is stored) and ``bias="lora_only"`` (the bias of a module
+that has a LoRA), so that PEFT's merged model is ``θ_ft`` there. Tied embeddings are never kept full
+(``modules_to_save`` would untie them). All-zero τ are dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from tunelens.checkpoints.align import AlignedTensor, align
 from tunelens.checkpoints.index import Checkpoint
 from tunelens.checkpoints.output import atomic_dir, check_target
-from tunelens.checkpoints.stream import ReaderPool, to_out_in
+from tunelens.checkpoints.stream import TORCH_DTYPES, ReaderPool, to_out_in
 from tunelens.config import ReadOptions
 from tunelens.errors import TunelensError
 from tunelens.jobs import run_jobs
@@ -95,16 +99,74 @@ def _is_lora_target(ck: Checkpoint, job: AlignedTensor) -> str | None:
     return None
 
 
+def _can_keep_full(ck: Checkpoint, job: AlignedTensor) -> bool:
+    """A tensor PEFT can carry whole: a norm / bias / embedding / lm_head (untied), not a layer weight."""
+    _, component = ck.arch.parse(job.name)
+    if ck.arch.tie_word_embeddings and component in _DROP_COMPONENTS and "wpe" not in job.name:
+        return False  # the tied embedding / lm_head
+    return "." in job.name
+
+
+def _place_full(
+    ck: Checkpoint,
+    rows: list[dict[str, Any]],
+    fulls: list[torch.Tensor | None],
+    ranks: dict[str, int],
+    tensors: dict[str, torch.Tensor],
+) -> tuple[set[str], set[str]]:
+    """Put the kept-full tensors into ``tensors`` under PEFT's keys; demote what PEFT cannot carry.
+
+    The bias of a module with a LoRA goes through ``bias="lora_only"``; any other kept tensor makes
+    its module a ``modules_to_save`` entry, which PEFT restores whole: every tensor of that module
+    must then be kept full, and a module whose tensors all have τ = 0 is left out.
+    """
+    by_module: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r["status"] == "kept full":
+            by_module.setdefault(r["tensor"].rsplit(".", 1)[0], []).append(i)
+    modules: set[str] = set()
+    biases: set[str] = set()
+    for module, idx in by_module.items():
+        params = [n for n in ck.tensors if n.rsplit(".", 1)[0] == module]
+        why: str | None = None
+        if module in ranks:
+            if not all(rows[i]["tensor"].endswith(".bias") for i in idx):
+                why = "a LoRA module's tensor other than its bias"
+        elif len(idx) != len(params):
+            why = f"{module} also holds tensors that are not kept full"
+        elif all(rows[i]["tau_norm"] == 0.0 for i in idx):
+            why = "zero tau"
+        for i in idx:
+            if why is not None:
+                rows[i].update(status=f"dropped: {why}", energy=0.0, relative_error=1.0)
+                continue
+            full = fulls[i]
+            assert full is not None
+            name = rows[i]["tensor"]
+            if module in ranks:
+                biases.add(name)
+                tensors[f"base_model.model.{module}.base_layer.{name.rsplit('.', 1)[1]}"] = full.contiguous()
+            else:
+                modules.add(module)
+                tensors[f"base_model.model.{name}"] = full.contiguous()
+    return modules, biases
+
+
 def extract_lora(
     base: Checkpoint,
     tuned: Checkpoint,
     out: str | Path,
     spec: LoraSpec,
     *,
+    keep_full: bool = False,
     options: ReadOptions | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Write ``adapter_model.safetensors``, ``adapter_config.json``, ``lora.csv`` and ``tunelens.json``."""
+    """Write ``adapter_model.safetensors``, ``adapter_config.json``, ``lora.csv`` and ``tunelens.json``.
+
+    ``keep_full``: store the tensors a LoRA cannot carry (norms, biases, untied embeddings and
+    lm_head) whole, as their fine-tuned values, instead of dropping them.
+    """
     from peft import LoraConfig
     from safetensors.torch import save_file
 
@@ -115,7 +177,7 @@ def extract_lora(
     alignment = align(base, [tuned], vocab=options.vocab, missing=options.missing)
     pool = ReaderPool()
 
-    def work(job: AlignedTensor) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    def work(job: AlignedTensor) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor | None]:
         reader = pool.get()
         b = reader.read_float(job.base)
         t = reader.read_float(job.others[0])
@@ -126,9 +188,19 @@ def extract_lora(
         norm = float(tau.double().norm())
         row = {"tensor": job.name, "layer": "" if layer is None else layer, "component": component,
                "rows": tau.shape[0], "cols": tau.shape[1] if tau.dim() == 2 else 1, "tau_norm": norm}  # fmt: skip
-        reason = _is_lora_target(base, job) or ("zero tau" if norm == 0.0 else None)
+        reason = _is_lora_target(base, job)
+        if reason is not None and keep_full and _can_keep_full(base, job):
+            if job.rows is not None:
+                return {**row, "status": f"dropped: {reason}; vocab cropped, cannot be kept full",
+                        "rank": 0, "energy": 0.0, "relative_error": 1.0}, {}, None  # fmt: skip
+            full = (b + tau).to(TORCH_DTYPES[job.base.dtype])  # θ_ft, in the base's dtype
+            err = float((full.double() - b.double() - tau.double()).norm()) / norm if norm else 0.0
+            return {**row, "status": "kept full", "rank": 0, "energy": 1.0, "relative_error": err}, {}, full
+        if reason is not None and keep_full:
+            reason += "; tied embeddings cannot be kept full (modules_to_save would untie them)"
+        reason = reason or ("zero tau" if norm == 0.0 else None)
         if reason is not None:
-            return {**row, "status": f"dropped: {reason}", "rank": 0, "energy": 0.0, "relative_error": 1.0}, {}
+            return {**row, "status": f"dropped: {reason}", "rank": 0, "energy": 0.0, "relative_error": 1.0}, {}, None
         w = to_out_in(tau, job.parts[0]).contiguous()
         row["rows"], row["cols"] = w.shape
         bmat, amat, energy = lora_factors(w, spec)
@@ -140,18 +212,19 @@ def extract_lora(
             f"base_model.model.{module}.lora_A.weight": amat,
             f"base_model.model.{module}.lora_B.weight": bmat,
         }
-        return {**row, "status": status, "rank": r, "energy": energy, "relative_error": err}, factors
+        return {**row, "status": status, "rank": r, "energy": energy, "relative_error": err}, factors, None
 
     try:
         results = run_jobs(list(alignment.tensors), work, workers=options.workers, desc="lora", quiet=options.quiet)
     finally:
         pool.close()
-    rows = [r for r, _ in results]
-    tensors = {k: v for _, f in results for k, v in f.items()}
+    rows = [r for r, _, _ in results]
+    tensors = {k: v for _, f, _ in results for k, v in f.items()}
     kept = [r for r in rows if r["status"].startswith("lora")]
     if not kept:
         raise TunelensError(f"{tuned.name}: no 2-D layer weight changed; nothing to put in a LoRA adapter")
     ranks = {r["tensor"].removesuffix(".weight"): int(r["rank"]) for r in kept}
+    modules_to_save, biases = _place_full(base, rows, [full for _, _, full in results], ranks, tensors)
     top = max(set(ranks.values()), key=list(ranks.values()).count)
     config = LoraConfig(
         r=top,
@@ -159,14 +232,15 @@ def extract_lora(
         target_modules=sorted(ranks),
         rank_pattern={m: k for m, k in ranks.items() if k != top},
         alpha_pattern={m: k for m, k in ranks.items() if k != top},
+        modules_to_save=sorted(modules_to_save) or None,
         lora_dropout=0.0,
-        bias="none",
+        bias="lora_only" if biases else "none",
         fan_in_fan_out=base.arch.layout == "in_out",
         task_type="CAUSAL_LM",
         base_model_name_or_path=str(base.path),
     )
     total = sum(r["tau_norm"] ** 2 for r in rows)
-    lost = sum(r["tau_norm"] ** 2 for r in rows if not r["status"].startswith("lora"))
+    lost = sum(r["tau_norm"] ** 2 for r in rows if r["status"].startswith("dropped"))
     meta = {
         "kind": "lora_extraction",
         "definitions": {
@@ -178,16 +252,22 @@ def extract_lora(
             "energy": "sum_{i<=r} s_i^2 / sum s_i^2",
             "relative_error": "||tau - B A||_F / ||tau||_F on the stored float32 factors",
             "dropped_share": "sum of ||tau||^2 over dropped tensors / sum over all tensors",
+            "kept_full": "stored whole as theta_base + tau in the base's dtype (PEFT modules_to_save, or "
+            "bias='lora_only' for the bias of a LoRA module); relative_error = its rounding error / ||tau||",
         },
         "parent": base.describe(),
         "child": tuned.describe(),
-        "rank_spec": {"rank": spec.rank, "energy": spec.energy},
+        "rank_spec": {"rank": spec.rank, "energy": spec.energy, "keep_full": keep_full},
         "tensors": {
             "lora": len(kept),
+            "kept_full": [r["tensor"] for r in rows if r["status"] == "kept full"],
             "dropped": [
-                {"tensor": r["tensor"], "reason": r["status"]} for r in rows if not r["status"].startswith("lora")
+                {"tensor": r["tensor"], "reason": r["status"].removeprefix("dropped: ")}
+                for r in rows
+                if r["status"].startswith("dropped")
             ],
             "full_rank": [r["tensor"] for r in kept if r["status"] == "lora (full rank)"],
+            "modules_to_save": sorted(modules_to_save),
         },  # fmt: skip
         "dropped_share": lost / total if total else 0.0,
         "global_relative_error": math.sqrt(sum((r["relative_error"] * r["tau_norm"]) ** 2 for r in rows) / total)

@@ -238,7 +238,8 @@ def load_recipe(path: str | Path) -> Recipe:
             if "path" not in item:
                 raise TunelensError(f"{where} needs path:")
             p = Path(str(item["path"])).expanduser()
-            spec = VectorSpec(str(item.get("name") or p.resolve().name), p, float(item.get("scale", 1.0)))
+            scale = _number(item.get("scale", 1.0), "scale", where)
+            spec = VectorSpec(str(item.get("name") or p.resolve().name), p, scale)
         else:
             raise TunelensError(f"{where}: expected a spec string or a mapping")
         if not spec.path.is_absolute():
@@ -257,12 +258,21 @@ def load_recipe(path: str | Path) -> Recipe:
         terms=tuple(specs),
         target=data.get("target", "pre"),
         method=data.get("method", "sum"),
-        density=float(density) if density is not None else None,
-        seed=int(data.get("seed", 0)),
+        density=_number(density, "density", str(path)) if density is not None else None,
+        seed=int(_number(data.get("seed", 0), "seed", str(path), integer=True)),
         dtype=data.get("dtype"),
         shard_bytes=parse_size(data["shard_size"]) if "shard_size" in data else DEFAULT_SHARD_BYTES,
         mean=mean,
     )
+
+
+def _number(value: Any, key: str, where: str, *, integer: bool = False) -> float:
+    """A YAML number (``bool`` is not one), else a one-line error."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and (not integer or float(value).is_integer())
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise TunelensError(f"{where}: {key} must be {kind}, got {value!r}")
+    return float(value)
 
 
 def _no_unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:

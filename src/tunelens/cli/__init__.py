@@ -9,11 +9,13 @@ from __future__ import annotations
 from tunelens.cli.activations import activations_cmd
 from tunelens.cli.app import cli
 from tunelens.cli.apply import apply_cmd
+from tunelens.cli.demo import demo_cmd
 from tunelens.cli.evaluate import evaluate_cmd
 from tunelens.cli.lora import lora_cmd
 from tunelens.cli.study import report_cmd, study_cmd
 from tunelens.cli.subspace import subspace_cmd
 from tunelens.cli.weights import diff_cmd, inspect_cmd, vector_cmd
+from tunelens.cli.zoo import zoo_cmd
 
 cli.add_command(inspect_cmd)
 cli.add_command(diff_cmd)
@@ -25,6 +27,8 @@ cli.add_command(subspace_cmd)
 cli.add_command(evaluate_cmd)
 cli.add_command(study_cmd)
 cli.add_command(report_cmd)
+cli.add_command(demo_cmd)
+cli.add_command(zoo_cmd)
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
 
 @click.command(
     "activations",
@@ -52,10 +54,10 @@ import click
 )
 @click.option(
     "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    type=click.Choice(["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]),
     default="auto",
     show_default=True,
-    help="Compute dtype for every model (auto: the first model's stored dtype).",
+    help="Compute dtype for every model (auto: the first model's stored dtype; fp32/bf16/fp16 are aliases).",
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option(
@@ -113,7 +115,7 @@ def activations_cmd(
         count_bos=count_bos,
         pattern=pattern,  # type: ignore[arg-type]
         distance=distance,  # type: ignore[arg-type]
-        dtype=dtype,  # type: ignore[arg-type]
+        dtype=DTYPE_ALIASES.get(dtype, dtype),  # type: ignore[arg-type]
         device=device,
         store=not no_store,
         work_dir=work_dir,
@@ -124,6 +126,12 @@ def activations_cmd(
     result = api.activations(list(models), corpus=list(corpus) or None, out=out, options=options, force=force)
     if not quiet:
         _print_table(result.summary)
+        store = result.summary["pattern_store"]
+        if store["stored"]:
+            click.echo(
+                f"patterns: {_size(store['pattern_bytes'])} on disk while running "
+                f"({store['bytes_per_token_per_layer']} bytes per token per layer per stored model), removed"
+            )
     click.echo(f"wrote {out}/activations.json and {out}/activations.csv")
 
 
@@ -145,3 +153,10 @@ def _print_table(summary: dict[str, Any]) -> None:
         t.add_row(str(layer), *cells)
     t.add_row("mean", *[f"{m['mean']:.4f}" for m in models], *[f"{p['mean']:.4f}" for p in pairs])
     Console(highlight=False, soft_wrap=True).print(t)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

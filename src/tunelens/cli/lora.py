@@ -14,7 +14,10 @@ F = Callable[..., Any]
 
 
 def lora_rank_options(fn: F) -> F:
-    """--rank / --energy: how the rank of each tensor's LoRA is chosen."""
+    """--rank / --energy / --keep-full: how the rank of each tensor's LoRA is chosen, what else is kept."""
+    fn = click.option("--keep-full", is_flag=True,
+                      help="Store what a LoRA cannot carry (norms, biases, untied embeddings, lm_head) whole, "
+                      "as fine-tuned values (PEFT modules_to_save), instead of dropping it.")(fn)  # fmt: skip
     fn = click.option("--energy", type=float, metavar="ETA",
                       help="Per tensor, the smallest rank whose singular values keep this share of ||tau||^2 "
                       "(e.g. 0.9).")(fn)  # fmt: skip
@@ -25,15 +28,22 @@ def lora_rank_options(fn: F) -> F:
 
 
 def run_lora(
-    base: str, tuned: str, out: Path, rank: int | None, energy: float | None, options: Any, force: bool
+    base: str,
+    tuned: str,
+    out: Path,
+    rank: int | None,
+    energy: float | None,
+    options: Any,
+    force: bool,
+    keep_full: bool = False,
 ) -> None:
     """Extract, write and print where (shared by ``tunelens lora`` and ``tunelens vector --lora``)."""
     from tunelens import api
 
-    meta = api.lora(base, tuned, out, rank=rank, energy=energy, options=options, force=force)
+    meta = api.lora(base, tuned, out, rank=rank, energy=energy, keep_full=keep_full, options=options, force=force)
     t = meta["tensors"]
     click.echo(
-        f"wrote {out} ({t['lora']} LoRA tensors, {len(t['dropped'])} dropped holding "
+        f"wrote {out} ({t['lora']} LoRA tensors, {len(t['kept_full'])} kept full, {len(t['dropped'])} dropped holding "
         f"{meta['dropped_share']:.2%} of ||tau||^2; overall relative error {meta['global_relative_error']:.4f}; "
         f"per tensor in {out}/lora.csv)"
     )
@@ -46,11 +56,13 @@ def run_lora(
 @lora_rank_options
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @read_options
-def lora_cmd(base: str, tuned: str, out: Path, rank: int | None, energy: float | None, force: bool, **kw: Any) -> None:
+def lora_cmd(
+    base: str, tuned: str, out: Path, rank: int | None, energy: float | None, keep_full: bool, force: bool, **kw: Any
+) -> None:
     """Extract a LoRA adapter (PEFT format) of tau = TUNED - BASE by truncated SVD per 2-D layer weight.
 
     Writes adapter_model.safetensors + adapter_config.json (load with PeftModel.from_pretrained),
-    lora.csv (per tensor: rank, retained energy, relative Frobenius error, or why it was dropped)
-    and tunelens.json.
+    lora.csv (per tensor: rank, retained energy, relative Frobenius error, kept full, or why it
+    was dropped) and tunelens.json (the kept-full and dropped lists).
     """
-    run_lora(base, tuned, out, rank, energy, make_read_options(kw), force)
+    run_lora(base, tuned, out, rank, energy, make_read_options(kw), force, keep_full)

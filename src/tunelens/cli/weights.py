@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from tunelens.cli.lora import lora_rank_options
 from tunelens.cli.options import make_read_options, make_selection, read_options, selection_options
 
 
@@ -55,20 +56,49 @@ def diff_cmd(base: str, tuned: tuple[str, ...], out: Path, force: bool, **kw: An
     click.echo(f"wrote {out}/tensors.csv and {out}/summary.json")
 
 
-@click.command("vector", epilog="Example: tunelens vector base/ ft-med/ -o vec-med/")
+@click.command(
+    "vector",
+    epilog="Examples: tunelens vector base/ ft-med/ -o vec-med/ ; "
+    "tunelens vector base/ ft-med/ --lora --energy 0.9 -o lora-med/",
+)
 @click.argument("base")
 @click.argument("tuned")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output vector folder.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option(
+    "--lora",
+    is_flag=True,
+    help="Write tau as a PEFT LoRA adapter (truncated SVD per 2-D layer weight, --rank R or --energy E) "
+    "instead of a dense vector folder; see `tunelens lora`.",
+)
+@lora_rank_options
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @read_options
-def vector_cmd(base: str, tuned: str, out: Path, dtype: str, force: bool, **kw: Any) -> None:
+def vector_cmd(
+    base: str,
+    tuned: str,
+    out: Path,
+    dtype: str,
+    lora: bool,
+    rank: int | None,
+    energy: float | None,
+    keep_full: bool,
+    force: bool,
+    **kw: Any,
+) -> None:
     """Save the tuning vector tau = TUNED - BASE as a sharded safetensors folder.
 
-    Any command that takes a tuned model accepts this folder in its place.
+    Any command that takes a tuned model accepts this folder in its place. With --lora, write a
+    PEFT LoRA adapter of tau instead (lora.csv: per tensor rank, retained energy, relative
+    Frobenius error; tunelens.json: the tensors kept full or dropped).
     """
     from tunelens import api
 
     options = make_read_options(kw)
+    if lora or rank is not None or energy is not None or keep_full:
+        from tunelens.cli.lora import run_lora
+
+        run_lora(base, tuned, out, rank, energy, options, force, keep_full)
+        return
     api.vector(base, tuned, out, dtype=dtype, options=options, force=force)
     click.echo(f"wrote {out}")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tunelens.checkpoints.output import atomic_dir, check_target
 from tunelens.errors import TunelensError
 from tunelens.evaluation.definitions import DEFINITIONS
@@ -111,7 +113,13 @@ def evaluate(
             else:
                 fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
 
-        results, timings = run_all(lm, specs, variants, opts, sink, extra_results)
+        threads_before = torch.get_num_threads()
+        if opts.threads is not None:
+            torch.set_num_threads(opts.threads)
+        try:
+            results, timings = run_all(lm, specs, variants, opts, sink, extra_results)
+        finally:
+            torch.set_num_threads(threads_before)
         summary = clock.metadata(
             [lm.describe()],
             definitions=DEFINITIONS,
@@ -120,6 +128,7 @@ def evaluate(
                 "limit": opts.limit,
                 "limit_mode": opts.limit_mode,
                 "seed": opts.seed,
+                "torch_threads": opts.threads if opts.threads is not None else threads_before,
                 "dtype": lm.dtype,
                 "device": lm.device,
             },

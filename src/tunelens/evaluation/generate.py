@@ -1,6 +1,7 @@
 """Batched greedy decoding with stop sequences and a token budget (transformers ``generate``).
 
-Prompts are tokenized with the tokenizer's default special tokens, sorted by length, left-padded
+Prompts are tokenized with the tokenizer's default special tokens (none added when the text already
+starts with the BOS token, e.g. from a chat template: lm-evaluation-harness's rule), sorted by length, left-padded
 into batches, and decoded greedily (``do_sample=False``) until every row has produced an end token
 (the model's ``eos_token_id`` list and the tokenizer's), a stop string, or ``max_new_tokens``
 tokens. The text is then cut before the first stop string, as lm-evaluation-harness's
@@ -18,7 +19,7 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
-from tunelens.evaluation.mcqa import model_max_length
+from tunelens.evaluation.mcqa import model_max_length, tokenize
 
 StopReason = Literal["stop", "eos", "length"]
 
@@ -61,7 +62,7 @@ def generate(
     ends = end_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ends[0] if ends else 0)
     room = max(1, model_max_length(model, tokenizer) - max_new_tokens)
-    encoded = [list(tokenizer.encode(p))[-room:] for p in prompts]
+    encoded = [tokenize(tokenizer, p)[-room:] for p in prompts]
     config = GenerationConfig(  # type: ignore[no-untyped-call]
         do_sample=False,
         max_new_tokens=max_new_tokens,

@@ -23,6 +23,7 @@ lm-eval cuts them (``(ctx + cont)[-(max_len + 1):][:-1]``), without prefix reuse
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,7 +86,8 @@ def model_max_length(model: Any, tokenizer: Any) -> int:
     return v if isinstance(v, int) and 0 < v < 1_000_000_000 else 2048
 
 
-def _tok(tokenizer: Any, text: str) -> list[int]:
+def tokenize(tokenizer: Any, text: str) -> list[int]:
+    """Token ids with the tokenizer's default special tokens, none added when ``text`` starts with BOS."""
     bos = getattr(tokenizer, "bos_token", None)
     if bos and text.startswith(bos):  # lm-eval: no second BOS when the text already has one
         return list(tokenizer.encode(text, add_special_tokens=False))
@@ -96,12 +98,12 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     """(context ids, continuation ids) exactly as lm-eval's ``_encode_pair`` for causal models."""
     if not context:
         prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        return [prefix], _tok(tokenizer, continuation)
+        return [prefix], tokenize(tokenizer, continuation)
     n = len(context) - len(context.rstrip())
     if n:
         context, continuation = context[:-n], context[-n:] + continuation
-    whole = _tok(tokenizer, context + continuation)
-    ctx = _tok(tokenizer, context)
+    whole = tokenize(tokenizer, context + continuation)
+    ctx = tokenize(tokenizer, context)
     return ctx, whole[len(ctx) :]
 
 
@@ -130,11 +132,13 @@ def _score_shared_prefix(model: Any, ctx: list[int], conts: list[list[int]], pad
     dev = model.device
     out = model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, logits_to_keep=1)
     first = _log_probs(out.logits[0, -1]).cpu()  # (V,)
+    # transformers 5 names the cache ``cache`` (``past_key_values`` before, still accepted with a warning)
+    new_api = "cache" in inspect.signature(model.forward).parameters
     lls = [float(first[c[0]]) for c in conts]
     greedy = [int(first.argmax()) == c[0] for c in conts]
     if width > 1:  # feed c[:-1] after the shared context: position j predicts token j + 1
         width -= 1
-        cache = out.past_key_values
+        cache = out.cache if new_api else out.past_key_values
         cache.batch_repeat_interleave(n)
         ids = torch.full((n, width), pad, dtype=torch.long)
         mask = torch.ones((n, len(ctx) + width), dtype=torch.long)
@@ -142,9 +146,8 @@ def _score_shared_prefix(model: Any, ctx: list[int], conts: list[list[int]], pad
             ids[i, : len(c) - 1] = torch.tensor(c[:-1])
             mask[i, len(ctx) + len(c) - 1 :] = 0
         pos = torch.arange(len(ctx), len(ctx) + width).expand(n, width)
-        logits = model(
-            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), past_key_values=cache
-        ).logits
+        kw = {"cache" if new_api else "past_key_values": cache}
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **kw).logits
         lp = _log_probs(logits).cpu()  # (n, width, V)
         for i, c in enumerate(conts):
             if len(c) > 1:

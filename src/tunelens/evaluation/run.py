@@ -54,6 +54,7 @@ class RunOptions:
     limit_mode: LimitMode = "first"
     seed: int = 1234
     quiet: bool = False
+    threads: int | None = None  # torch CPU threads while scoring (None: torch's default)
 
 
 def _mcqa(lm: LoadedModel, task: TaskSpec, rows: TaskRows, opts: RunOptions) -> tuple[list[dict[str, Any]], int]:

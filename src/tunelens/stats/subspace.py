@@ -269,6 +269,10 @@ def analyse_tensor(
                 digest, stored, part_id, slicing, resolve_method(opts.method, (slices[0].shape[0], slices[0].shape[1]))
             )
             bases = load_or_build(slices, key, opts.cache, opts.method, stats, job.name)
+            if any(max(c.k(b.S) for c in opts.criteria) > b.trusted for b in bases):
+                # a k beyond the columns a Gram basis resolves (near-singular W): exact SVD instead
+                key = BasisKey(digest, stored, part_id, slicing, "svd")
+                bases = load_or_build(slices, key, opts.cache, "svd", stats, job.name)
             t0 = time.perf_counter()
             for h, basis in enumerate(bases):
                 head = None if head0 is None else h
@@ -374,6 +378,10 @@ DEFINITIONS: dict[str, str] = {
     "k": "energy=eta: smallest k with sum_{i<=k} s_i^2 >= eta * sum s_i^2; rank_fraction=f: ceil(f * min(out, in)); "
     "rank=k: min(k, min(out, in))",
     "energy": "retained energy sum_{i<=k} s_i^2 / sum s_i^2 of W",
+    "criterion": "the --energy / --rank-fraction / --rank value that chose k (all criteria share one basis)",
+    "rows, cols": "the analysed [out, in] shape (one head's slice on head rows)",
+    "tau": "tau = theta_ft - theta_pre in float32 (or the vector folder's tensor)",
+    "tau_norm": "|tau| (Frobenius), float64 sum",
     "share_left": "|U_k^T tau|^2 / |tau|^2 (Frobenius), products float32, sums float64",
     "share_right": "|tau V_k|^2 / |tau|^2",
     "share_both": "|U_k^T tau V_k|^2 / |tau|^2",
@@ -391,8 +399,23 @@ DEFINITIONS: dict[str, str] = {
     "lies in the per-tensor top-k subspaces (baselines weighted the same way; ratio = weighted share / "
     "weighted baseline)",
     "undefined": "tensors with tau = 0 have no share (NaN in the CSV, null in JSON) and are left out of aggregates",
-    "table4": "paper Table 4 shape: rows = models (x share kind), columns = components, values = plain mean over "
-    "layers of whole-tensor shares",
+    "tensors": "aggregate: number of rows (tensors, or heads) in the group, undefined ones included",
+    "mean_k": "aggregate: plain mean of k over the group's defined rows",
+    "mean_energy": "aggregate: plain mean of the retained energy over the group's defined rows",
+    "plain_mean.ratio_*": "mean of the per-tensor ratios share/baseline (not the ratio of the means)",
+    "by_component": "per component (q, k, v, o, gate, up, down): whole-tensor rows of every layer",
+    "by_group": "all = every whole-tensor row; attention = q,k,v,o; mlp = gate,up,down",
+    "by_layer": "per layer index: the same groups over that layer's whole-tensor rows",
+    "heads_by_component": "with --per-head: per component, over every layer's head rows",
+    "method": "gram or svd: the decomposition that produced the row's basis; a gram basis is used only when its "
+    "first k columns all have eps64 * s_1^2 / s_i^2 <= 1e-6 (accurate to ~1e-7), else the tensor is decomposed "
+    "by full svd",
+    "tau_top_r": "r used for tau_top_r_share: min(--tau-rank, rows, cols)",
+    "table4": "paper Table 4 shape: rows = models (x share kind), columns = components W_Q W_K W_V W_O W_gate "
+    "W_up W_down, values = plain mean over layers of whole-tensor shares; the ratio row is the plain mean of "
+    "the per-tensor ratios share/baseline",
+    "decompose_seconds": "wall seconds spent decomposing, summed over worker threads (0 when every basis came from "
+    "the cache)",
 }
 
 

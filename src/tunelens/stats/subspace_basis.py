@@ -5,9 +5,12 @@ and never by a randomized low-rank method:
 
 - ``gram``: eigendecomposition of the Gram matrix of the smaller side (``W Wᵀ`` when
   ``out <= in``, else ``Wᵀ W``) with ``torch.linalg.eigh`` (LAPACK ``syevd``); ``σ = √λ`` and the
-  other side is ``Wᵀ U / σ`` (or ``W V / σ``). When the smallest eigenvalue is below what the Gram
-  matrix can resolve (``λ < λ_max · max(out, in) · eps64``, i.e. ``W`` is numerically rank-deficient
-  at Gram precision) the basis is recomputed with ``svd``;
+  other side is ``Wᵀ U / σ`` (or ``W V / σ``). Squaring ``W`` squares its condition number: column
+  ``i`` of the other side loses orthogonality by about ``0.1 · eps64 · σ₁²/σᵢ²`` (measured in
+  ``tests/stats/test_subspace_math.py``). Only the leading ``trusted`` columns, those with
+  ``eps64 · σ₁²/σᵢ² ≤`` :data:`GRAM_MAX_ERROR` (accurate to ≲ 1e-7, the precision of their float32
+  storage), may be used; the other-side columns beyond are zero. A projection that needs a larger k
+  recomputes that tensor with ``svd`` (:func:`tunelens.stats.subspace.analyse_tensor`);
 - ``svd``: ``torch.linalg.svd(W, full_matrices=False)`` in float64 (LAPACK ``gesdd``).
 
 ``auto`` picks ``gram`` when the smaller side is at least :data:`GRAM_MIN_SIDE`, ``svd`` below it
@@ -36,8 +39,9 @@ from tunelens.errors import TunelensError
 
 Method = Literal["auto", "gram", "svd"]
 CriterionKind = Literal["energy", "rank_fraction", "rank"]
-CACHE_VERSION = "tunelens-ssa-basis-v1"
+CACHE_VERSION = "tunelens-ssa-basis-v3"
 GRAM_MIN_SIDE = 128
+GRAM_MAX_ERROR = 1e-6  # largest eps64 · σ₁²/σᵢ² of a usable gram column (else full SVD when needed)
 _EPS64 = float(torch.finfo(torch.float64).eps)
 
 
@@ -45,13 +49,15 @@ _EPS64 = float(torch.finfo(torch.float64).eps)
 class Basis:
     """``W = U diag(S) Vᵀ``: ``U [out, r]``, ``S [r]`` descending, ``V [in, r]``, ``r = min(out, in)``.
 
-    ``U``/``V`` are float32 (computed in float64); ``S`` is float64. ``method`` is the one used.
+    ``U``/``V`` are float32 (computed in float64); ``S`` is float64. ``method`` is the one used; only the
+    first ``trusted`` columns may be used (see the module doc).
     """
 
     U: torch.Tensor
     S: torch.Tensor
     V: torch.Tensor
     method: str
+    trusted: int  # leading columns accurate to ~1e-7 (all of them for svd)
 
     @property
     def rank(self) -> int:
@@ -108,23 +114,27 @@ def decompose(w: torch.Tensor, method: Method = "auto") -> Basis:
         if basis is not None:
             return basis
     u, s, vh = torch.linalg.svd(a, full_matrices=False)  # [out, r], [r], [r, in]
-    return Basis(u.float().contiguous(), s.contiguous(), vh.T.float().contiguous(), "svd")
+    return Basis(u.float().contiguous(), s.contiguous(), vh.T.float().contiguous(), "svd", int(s.numel()))
 
 
 def _gram(a: torch.Tensor) -> Basis | None:
-    """Gram-eigh path; ``None`` when the Gram matrix cannot resolve ``a``'s smallest direction."""
+    """Gram-eigh path; ``None`` for an all-zero ``a``."""
     wide = a.shape[0] <= a.shape[1]
     side = a if wide else a.T  # [s, big]
     lam, e = torch.linalg.eigh(side @ side.T)  # ascending; e [s, s]
     lam_max = float(lam[-1]) if lam.numel() else 0.0
-    if lam_max <= 0.0 or float(lam[0]) <= lam_max * max(a.shape) * _EPS64:
+    if lam_max <= 0.0:
         return None
-    lam, e = lam.flip(0), e.flip(1)  # descending
+    lam, e = lam.flip(0).clamp_min(0.0), e.flip(1)  # descending
+    trusted = int((lam * GRAM_MAX_ERROR > lam_max * _EPS64).sum())  # a prefix: lam is descending
     s = lam.sqrt()
-    other = (side.T @ e).div_(s)  # [big, s]: columns of the other side, σ-normalised
-    small, big = e.float().contiguous(), other.float().contiguous()
+    other = side.T @ e[:, :trusted]  # [big, trusted]
+    other.div_(s[:trusted])  # columns of the other side, σ-normalised
+    big = torch.zeros(side.shape[1], side.shape[0], dtype=torch.float32)
+    big[:, :trusted] = other
+    small = e.float().contiguous()
     u, v = (small, big) if wide else (big, small)
-    return Basis(u, s.contiguous(), v, "gram")
+    return Basis(u, s.contiguous(), v, "gram", trusted)
 
 
 def content_hash(t: torch.Tensor) -> str:
@@ -179,7 +189,7 @@ class BasisCache:
 
     def load(self, key: BasisKey) -> list[Basis] | None:
         """The cached bases of ``key`` (one per slice), or ``None`` when absent or unreadable."""
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         p = self.path(key)
@@ -187,11 +197,19 @@ class BasisCache:
             return None
         try:
             state = load_file(str(p))
-        except (OSError, SafetensorError):
+            with safe_open(str(p), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            methods = meta.get("methods", "").split(",")
+            trusted = [int(x) for x in meta.get("trusted", "").split(",")]
+        except (OSError, SafetensorError, ValueError):
             return None  # a damaged entry is recomputed and overwritten
         n = sum(1 for name in state if name.startswith("S."))
+        if len(methods) != n or len(trusted) != n:
+            return None  # an entry without per-slice methods (or a damaged one) is recomputed
         try:
-            return [Basis(state[f"U.{i}"], state[f"S.{i}"], state[f"V.{i}"], key.method) for i in range(n)] or None
+            return [
+                Basis(state[f"U.{i}"], state[f"S.{i}"], state[f"V.{i}"], methods[i], trusted[i]) for i in range(n)
+            ] or None
         except KeyError:
             return None
 
@@ -214,6 +232,8 @@ class BasisCache:
             "part": key.part,
             "slicing": key.slicing,
             "method": key.method,
+            "methods": ",".join(b.method for b in bases),  # per slice: gram, or svd after a fallback
+            "trusted": ",".join(str(b.trusted) for b in bases),  # per slice: usable leading columns
             "precision": "computed in float64; U, V stored float32, S float64",
             **meta,
         }
