@@ -32,6 +32,21 @@ def _open(spec: str | Path | Checkpoint, options: ReadOptions) -> Checkpoint:
     return spec if isinstance(spec, Checkpoint) else open_checkpoint(spec, allow_pickle=options.allow_pickle)
 
 
+def _open_tuned(
+    tuned: list[str | Path | Checkpoint] | tuple[str | Path | Checkpoint, ...], options: ReadOptions, command: str
+) -> list[Checkpoint]:
+    """Open the TUNED models of ``command``: at least one, names unique."""
+    from tunelens.errors import TunelensError
+
+    ts = [_open(t, options) for t in tuned]
+    if not ts:
+        raise TunelensError(f"{command} needs at least one tuned model or vector")
+    names = [t.name for t in ts]
+    if len(set(names)) != len(names):
+        raise TunelensError(f"model names must be unique, got {names}; name them with name=path")
+    return ts
+
+
 def inspect(model: str | Path | Checkpoint, *, options: ReadOptions | None = None) -> dict[str, Any]:
     """Describe a checkpoint from its headers (architecture, sizes, dtypes, components)."""
     return describe_checkpoint(_open(model, options or ReadOptions()))
@@ -56,16 +71,7 @@ def diff(
         check_target(Path(out), force)
     clock = RunClock()
     b = _open(base, options)
-    ts = [_open(t, options) for t in tuned]
-    if not ts:
-        from tunelens.errors import TunelensError
-
-        raise TunelensError("diff needs at least one tuned model or vector")
-    names = [t.name for t in ts]
-    if len(set(names)) != len(names):
-        from tunelens.errors import TunelensError
-
-        raise TunelensError(f"model names must be unique, got {names}; name them with name=path")
+    ts = _open_tuned(tuned, options, "diff")
     result = _diff(b, ts, selection=selection, options=options)
     meta = clock.metadata(
         [b.describe(), *(t.describe() for t in ts)],
@@ -219,7 +225,6 @@ def subspace(
     ``SubspaceResult`` (``.rows`` = ``subspace.csv``, ``.summary`` = ``summary.json``); with ``out``,
     writes both there (DESIGN.md §3).
     """
-    from tunelens.errors import TunelensError
     from tunelens.stats.subspace import SUBSPACE_COLUMNS, SubspaceOptions
     from tunelens.stats.subspace import subspace as _subspace
     from tunelens.stats.subspace_basis import BasisCache, Criterion, default_cache_dir
@@ -246,12 +251,7 @@ def subspace(
     )
     clock = RunClock()
     b = _open(base, options)
-    ts = [_open(t, options) for t in tuned]
-    if not ts:
-        raise TunelensError("subspace needs at least one tuned model or vector")
-    names = [t.name for t in ts]
-    if len(set(names)) != len(names):
-        raise TunelensError(f"model names must be unique, got {names}; name them with name=path")
+    ts = _open_tuned(tuned, options, "subspace")
     result = _subspace(b, ts, selection=selection, read=options, opts=opts)
     result.summary.update(
         clock.metadata(

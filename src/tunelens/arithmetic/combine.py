@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from io import FileIO
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +149,6 @@ class Scratch:
 
     def __init__(self) -> None:
         self._bufs: dict[str, torch.Tensor] = {}
-        self._files: dict[Path, FileIO] = {}
 
     def get(self, key: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
         n = 1
@@ -165,24 +163,7 @@ class Scratch:
         """The stored tensor ``info`` (stored dtype and shape), read into buffer ``key``."""
         if info.begin < 0:  # pickle checkpoints: the reader's own path
             return reader.read(info)
-        out = self.get(key, TORCH_DTYPES[info.dtype], info.shape)
-        if info.nbytes == 0:
-            return out
-        fh = self._files.get(info.file)
-        if fh is None:
-            try:
-                fh = self._files[info.file] = FileIO(info.file, "rb")
-            except OSError as exc:
-                raise TunelensError(f"{info.file}: cannot open ({exc.strerror})") from exc
-        view = memoryview(out.view(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
-        fh.seek(info.begin)
-        got = 0
-        while got < info.nbytes:
-            n = fh.readinto(view[got:])
-            if not n:
-                raise TunelensError(f"{info.file}: truncated while reading {info.name}")
-            got += n
-        return out
+        return reader.read_into(info, self.get(key, TORCH_DTYPES[info.dtype], info.shape))
 
     def read_float(self, key: str, info: TensorInfo, reader: TensorReader) -> torch.Tensor:
         """``info`` as float32 in buffer ``key`` (read in place when stored as float32; other dtypes go
@@ -193,9 +174,6 @@ class Scratch:
         return self.get(key, torch.float32, info.shape).copy_(raw)
 
     def close(self) -> None:
-        for fh in self._files.values():
-            fh.close()
-        self._files.clear()
         self._bufs.clear()
 
 

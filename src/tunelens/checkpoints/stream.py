@@ -51,8 +51,10 @@ class TensorReader:
         """The stored tensor, in its stored dtype and shape."""
         if info.begin < 0:
             return self._read_pickle(info)
-        dtype = TORCH_DTYPES[info.dtype]
-        out = torch.empty(info.shape, dtype=dtype)
+        return self.read_into(info, torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype]))
+
+    def read_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
+        """Fill ``out`` (contiguous, the stored dtype and shape; safetensors only) with the stored tensor."""
         if info.nbytes == 0:
             return out
         fh = self._files.get(info.file)
