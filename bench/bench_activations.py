@@ -42,6 +42,8 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from measure import run_child  # noqa: E402
 from tunelens.activations.bundled import bundled_corpus
 from tunelens.activations.collect import collect
 from tunelens.activations.compare import PairSums
@@ -206,17 +208,12 @@ def peak_rss(folder: Path, tokens: int, dtype: str, seq_len: int, work: Path) ->
     cmd += ["--seq-len", str(seq_len), "--batch-size", str(BATCH), "--dtype", dtype, "-q", "--force"]
     cmd += ["--work-dir", str(work), "-o", str(out)]
     before = load()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if status != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed with status {status}")
+    c = run_child(cmd)
     summary = json.loads((out / "activations.json").read_text())
     return {
         "tokens": summary["corpus"]["tokens"],
-        "wall_s": round(wall, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "wall_s": round(c.wall_s, 2),
+        "peak_rss_mb": round(c.peak_rss_bytes / 2**20, 1),
         "pattern_bytes": summary["pattern_store"]["pattern_bytes"],
         "distance_mean": summary["pairs"][0]["mean"],
         "load_before": before,

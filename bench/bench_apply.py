@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -37,46 +36,23 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+from measure import load, run_child  # noqa: E402
 from synthetic import ONE_B, make_pair  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 
 
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def drop_caches() -> bool:
-    subprocess.run(["sync"], check=True)
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
-
-
 def timed(cmd: list[str], cold: bool) -> dict[str, Any]:
     """Wall time (command + sync), the child's peak RSS and the load averages before it started."""
-    dropped = drop_caches() if cold else False
-    before = load()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    subprocess.run(["sync"], check=True)
-    wall = time.perf_counter() - t0
-    if code != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.decode()[-3000:]}")
+    c = run_child(cmd, cold=cold, sync=True)
     return {
-        "seconds": round(wall, 2),
-        "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 2),
-        "cpu_user_s": round(usage.ru_utime, 2),
-        "cpu_sys_s": round(usage.ru_stime, 2),
-        "cold": dropped,
-        "load_before": before,
+        "seconds": round(c.wall_s, 2),
+        "peak_rss_gb": round(c.peak_rss_bytes / 1e9, 2),
+        "cpu_user_s": round(c.cpu_user_s, 2),
+        "cpu_sys_s": round(c.cpu_sys_s, 2),
+        "cold": c.cold,
+        "load_before": c.load_before,
     }
 
 

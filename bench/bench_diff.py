@@ -11,36 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from measure import run_child  # noqa: E402
 from synthetic import ONE_B, make_pair  # noqa: E402
-
-
-def drop_caches() -> bool:
-    subprocess.run(["sync"], check=True)
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def timed(cmd: list[str], cold: bool) -> dict[str, float | bool]:
     """Wall time and this child's own peak RSS (``os.wait4`` rusage), optionally from a cold cache."""
-    dropped = drop_caches() if cold else False
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if status != 0:
-        raise SystemExit(f"{cmd[:4]} failed with status {status}")
-    return {"wall_s": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "cold": dropped}
+    c = run_child(cmd, cold=cold)
+    return {"wall_s": round(c.wall_s, 3), "peak_rss_mb": round(c.peak_rss_bytes / 2**20, 1), "cold": c.cold}
 
 
 def files(folder: Path) -> list[str]:

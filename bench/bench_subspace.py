@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,11 +40,8 @@ import torch
 from tunelens.stats.subspace_basis import Criterion, decompose
 
 sys.path.insert(0, str(Path(__file__).parent))
+from measure import load, run_child  # noqa: E402
 from synthetic import Widths, write_model  # noqa: E402
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def timed_call(fn: Any) -> tuple[Any, float]:
@@ -117,15 +113,9 @@ def bench_matrix(shape: tuple[int, int], full_svd: bool) -> dict[str, Any]:
 
 def timed_run(cmd: list[str]) -> dict[str, Any]:
     """Wall time and the child's peak RSS (``os.wait4``), with the load before and after."""
-    before = load()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if status != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} failed with status {status}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "load_before": before,
-            "load_after": load()}  # fmt: skip
+    c = run_child(cmd)
+    return {"wall_s": round(c.wall_s, 2), "peak_rss_mb": round(c.peak_rss_bytes / 2**20, 1),
+            "load_before": c.load_before, "load_after": c.load_after}  # fmt: skip
 
 
 def bench_model(root: Path, layers: int, workers: int, small: bool) -> dict[str, Any]:
