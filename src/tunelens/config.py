@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import get_args
+from typing import Literal, get_args
 
 from tunelens.checkpoints.align import MissingPolicy, VocabPolicy
 from tunelens.checkpoints.architectures import COMPONENTS, GROUPS, Component
 from tunelens.errors import TunelensError
+
+ExecutorKind = Literal["thread", "process", "ray"]
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,17 @@ class ReadOptions:
     allow_pickle: bool = False
     workers: int = 2
     quiet: bool = False
+    executor: ExecutorKind = "thread"
+    address: str | None = None  # ray: "auto", "HOST:PORT", or None for a local cluster of ``workers`` CPUs
+    retries: int = 3  # process / ray: re-runs of a job whose worker died (exceptions are never retried)
 
     def __post_init__(self) -> None:
+        if self.executor not in get_args(ExecutorKind):
+            raise TunelensError(f"--executor must be one of {', '.join(get_args(ExecutorKind))}, got {self.executor}")
+        if self.address is not None and self.executor != "ray":
+            raise TunelensError("--address is for --executor ray")
+        if self.retries < 0:
+            raise TunelensError("--retries must be at least 0")
         if self.vocab not in get_args(VocabPolicy):
             raise TunelensError(f"--vocab must be one of {', '.join(get_args(VocabPolicy))}, got {self.vocab}")
         if self.missing not in get_args(MissingPolicy):
@@ -91,3 +102,16 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
     except ValueError as exc:
         raise TunelensError(f"bad --layers {text!r}: use e.g. 0-11 or 0,4,8") from exc
     return tuple(sorted(set(out)))
+
+
+def check_device(device: str) -> str:
+    """``cpu`` or ``cuda[:N]`` (available): the device a stage computes on; else one clear error."""
+    if device == "cpu":
+        return device
+    if not device.startswith("cuda"):
+        raise TunelensError(f"--device must be cpu or cuda[:N], got {device!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TunelensError(f"--device {device}: no CUDA device is available")
+    return device

@@ -4,8 +4,8 @@ Every streaming stage (diff, vector, apply, subspace) is a list of jobs, one per
 and a pure function ``fn(job) -> result``. :func:`run_jobs` is the in-process executor: a bounded
 thread pool (torch releases the GIL in its kernels and in file reads, so reading one tensor
 overlaps computing on another), results returned in job order, a progress bar on a TTY. Jobs carry
-paths and byte ranges, never tensors, so a multi-process or cluster executor can take them over
-unchanged.
+paths and byte ranges, never tensors; with ``executor="process"`` or ``"ray"`` (a picklable ``fn``)
+:mod:`tunelens.executors` runs them in local processes or on a Ray cluster, in the same order.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from tunelens.config import ReadOptions
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -32,8 +35,12 @@ def iter_jobs(
     desc: str = "",
     quiet: bool = False,
     weight: Callable[[J], int] | None = None,
+    executor: str = "thread",
+    address: str | None = None,
+    retries: int = 3,
 ) -> Iterator[R]:
-    """Yield ``fn(job)`` for each job, in order, with at most ``workers`` jobs in flight."""
+    """Yield ``fn(job)`` for each job, in order, with at most ``workers`` jobs in flight
+    (``2 × workers`` for the process and ray executors)."""
     from tqdm import tqdm
 
     total = sum(weight(j) for j in jobs) if weight else len(jobs)
@@ -45,7 +52,21 @@ def iter_jobs(
         unit_scale=bool(weight),
         leave=False,
     )
+
+    def done(job: J) -> None:
+        bar.update(weight(job) if weight else 1)
+
     try:
+        if executor == "process":
+            from tunelens.executors import iter_process
+
+            yield from iter_process(jobs, fn, workers=workers, retries=retries, on_done=done)
+            return
+        if executor == "ray":
+            from tunelens.executors import iter_ray
+
+            yield from iter_ray(jobs, fn, workers=workers, address=address, retries=retries, on_done=done)
+            return
         if workers <= 1:
             for job in jobs:
                 yield fn(job)
@@ -78,6 +99,31 @@ def run_jobs(
     desc: str = "",
     quiet: bool = False,
     weight: Callable[[J], int] | None = None,
+    executor: str = "thread",
+    address: str | None = None,
+    retries: int = 3,
 ) -> list[R]:
     """All results of :func:`iter_jobs`, as a list in job order."""
-    return list(iter_jobs(jobs, fn, workers=workers, desc=desc, quiet=quiet, weight=weight))
+    return list(
+        iter_jobs(
+            jobs,
+            fn,
+            workers=workers,
+            desc=desc,
+            quiet=quiet,
+            weight=weight,
+            executor=executor,
+            address=address,
+            retries=retries,
+        )  # fmt: skip
+    )
+
+
+def run_stage(
+    jobs: Sequence[J], fn: Callable[[J], R], options: ReadOptions, *, desc: str, weight: Callable[[J], int]
+) -> list[R]:
+    """:func:`run_jobs` with the executor, workers and quietness of a stage's :class:`ReadOptions`."""
+    return run_jobs(
+        jobs, fn, workers=options.workers, desc=desc, quiet=options.quiet, weight=weight,
+        executor=options.executor, address=options.address, retries=options.retries,
+    )  # fmt: skip

@@ -1,4 +1,7 @@
-"""Run metadata every output carries: version, command line, inputs' identity, timing, peak RSS."""
+"""Run metadata every output carries: version, command line, inputs' identity, timing, peak RSS.
+
+``peak_rss_children_bytes`` is the largest finished child process's peak (the workers of
+``--executor process``); Ray's workers are not this process's children and are not counted."""
 
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ class RunClock:
             "started_unix": self.started,
             "wall_seconds": round(time.perf_counter() - self._t0, 3),
             "peak_rss_bytes": peak_rss_bytes(),
+            "peak_rss_children_bytes": int(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024,
             "python": platform.python_version(),
             "torch": torch.__version__,
             "inputs": inputs,

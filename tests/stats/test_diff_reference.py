@@ -195,3 +195,26 @@ def test_tied_lm_head_reported_once(tiny, tuned) -> None:
     assert "embed" in comps and "lm_head" not in comps
     ref = sum(t.numel() for k, t in read_state(base).items() if "lm_head" not in k)
     assert result.summary["models"][0]["global"]["numel"] == ref
+
+
+def test_device_kernel_matches_chunked_loop() -> None:
+    """The whole-tensor path used for ``--device cuda`` (run here on the CPU) equals the chunked sums."""
+    import torch
+
+    from tunelens.stats.accumulate import part_sums, part_sums_device
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(300, 517, generator=g).to(torch.bfloat16)
+    fts = [(w.float() + 0.01 * torch.randn(300, 517, generator=g)).to(torch.bfloat16) for _ in range(2)]
+    vec = 0.01 * torch.randn(300, 517, generator=g)
+    srcs = [(fts[0], False), (fts[1], False), (vec, True)]
+    ref = part_sums(w, srcs, chunk=1000)
+    got = part_sums_device(w, srcs, device="cpu")
+    assert got.numel == ref.numel
+    assert got.base_sq == pytest.approx(ref.base_sq, rel=1e-12)
+    assert got.base_dot == pytest.approx(ref.base_dot, rel=1e-10)
+    for a, b in zip(got.cross, ref.cross, strict=True):
+        assert a == pytest.approx(b, rel=1e-10)
+    for a, b in zip(got.cross_sq, ref.cross_sq, strict=True):
+        assert a == pytest.approx(b, rel=1e-10)
+    assert all(got.cross_sq[i][i] == 0.0 for i in range(3))

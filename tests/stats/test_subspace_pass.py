@@ -40,7 +40,14 @@ def test_llama_rows_match_reference(
     base = tiny("llama")
     ft = tuned(base, scale=0.05)
     res = api.subspace(
-        base, [f"med={ft}"], energy=[0.5, 0.9], rank=[4], method=method, cache_dir=tmp_path / "c", tau_rank=3
+        base,
+        [f"med={ft}"],
+        energy=[0.5, 0.9],
+        rank=[4],
+        method=method,
+        cache_dir=tmp_path / "c",
+        tau_rank=3,
+        tau_spectrum=True,
     )
     sb, sf = read_state(base), read_state(ft)
     names = [n for n in sb if _component(n) and sb[n].dim() == 2]
@@ -64,6 +71,14 @@ def test_llama_rows_match_reference(
         erank, top = tau_ref(tau, 3)
         assert r["tau_effective_rank"] == pytest.approx(erank, rel=1e-5)
         assert r["tau_top_r_share"] == pytest.approx(top, rel=1e-5)
+
+
+def test_tau_spectrum_is_opt_in(tiny: Callable[..., Path], tuned: Callable[..., Path], tmp_path: Path) -> None:
+    """Off by default (it costs a float64 Gram of τ per tensor and model): empty columns, never zeros."""
+    base = tiny("llama")
+    res = api.subspace(base, [f"med={tuned(base, scale=0.05)}"], cache_dir=tmp_path / "c")
+    assert res.rows and all(math.isnan(r["tau_effective_rank"]) and r["tau_top_r"] == "" for r in res.rows)
+    assert res.summary["options"]["tau_spectrum"] is False
 
 
 def _plant(base: Path, dst: Path, k: int, inside: set[str]) -> Path:

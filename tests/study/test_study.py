@@ -148,6 +148,7 @@ def test_interrupted_stage_is_rerun_on_resume(inputs: Path, tmp_path: Path, monk
         ({"edits": [{"name": "x", "terms": {"ghost": 1}}]}, "not a tuned model"),
         ({"sweep": {"vector": "med", "scales": [0, "big"]}}, "must be a number"),
         ({"stages": ["diff", "vibes"]}, "unknown stage"),
+        ({"subspace": {"tau_spectrum": "yes"}}, "must be true or false"),
     ],
 )
 def test_config_rejects_bad_input(inputs: Path, change: dict[str, Any], message: str) -> None:

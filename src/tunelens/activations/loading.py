@@ -23,6 +23,7 @@ import torch
 
 from tunelens.activations.options import ActivationOptions
 from tunelens.checkpoints.index import Checkpoint, open_checkpoint
+from tunelens.config import check_device
 from tunelens.errors import TunelensError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
@@ -129,8 +130,7 @@ def load_model(ck: Checkpoint, dtype: str, device: str) -> torch.nn.Module:
     """One model in eval mode on ``device`` (safetensors only, no remote code)."""
     from transformers import AutoModelForCausalLM
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TunelensError("--device cuda: no CUDA device is available")
+    check_device(device)
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
             str(ck.path),

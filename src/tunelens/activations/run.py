@@ -30,6 +30,7 @@ from tunelens.activations.loading import check_vocab, load_model, resolve_dtype,
 from tunelens.activations.options import ActivationOptions
 from tunelens.activations.store import PatternStore, store_bytes
 from tunelens.checkpoints.index import Checkpoint
+from tunelens.config import check_device
 from tunelens.errors import TunelensError
 from tunelens.jobs import show_progress
 
@@ -50,8 +51,7 @@ def run_activations(
     """Fractions active per layer for every model and distances for every pair (see the module docstring)."""
     if options.distance == "levenshtein" and options.store and len(models) > 1:
         require_rapidfuzz()
-    if options.device.startswith("cuda") and not torch.cuda.is_available():
-        raise TunelensError(f"--device {options.device}: no CUDA device is available")
+    check_device(options.device)
     files = find_files(list(corpus_paths) if corpus_paths else [bundled_corpus()])
     tokenizer, tokenizer_info = shared_tokenizer(models, options)
     dtype = resolve_dtype(options, models[0])

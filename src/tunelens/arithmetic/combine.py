@@ -27,10 +27,10 @@ from tunelens.checkpoints.align import AlignedTensor, Alignment, align
 from tunelens.checkpoints.index import VECTOR_META, Checkpoint, TensorInfo, open_checkpoint
 from tunelens.checkpoints.output import atomic_dir, check_target
 from tunelens.checkpoints.stream import ST_DTYPES, TORCH_DTYPES, ReaderPool, TensorReader
-from tunelens.checkpoints.writer import PlannedTensor, ShardedWriter
+from tunelens.checkpoints.writer import PlannedTensor, ShardedWriter, WriteTarget, write_at
 from tunelens.config import ReadOptions
 from tunelens.errors import TunelensError
-from tunelens.jobs import run_jobs
+from tunelens.jobs import run_stage
 from tunelens.provenance import RunClock
 from tunelens.report.tables import write_json
 
@@ -219,6 +219,47 @@ def compute_tensor(
     return scratch.get("final", out_dtype, out.shape).copy_(out), True
 
 
+class ApplyWork:
+    """Compute one output tensor and write it (and its tied copies) at the planned places. Picklable:
+    the plan and paths/offsets travel; readers and scratch buffers are per thread and never do."""
+
+    def __init__(self, plan: ApplyPlan, targets: dict[str, tuple[WriteTarget, ...]]) -> None:
+        self.plan, self.targets = plan, targets
+        self._init_local()
+
+    def _init_local(self) -> None:
+        self.readers = ReaderPool()
+        self._local = threading.local()
+        self._scratches: list[Scratch] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"plan": self.plan, "targets": self.targets}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.plan, self.targets = state["plan"], state["targets"]
+        self._init_local()
+
+    def _scratch(self) -> Scratch:
+        mine: Scratch | None = getattr(self._local, "scratch", None)
+        if mine is None:
+            mine = self._local.scratch = Scratch()
+            self._scratches.append(mine)
+        return mine
+
+    def __call__(self, job: OutJob) -> bool:
+        tensor, edited = compute_tensor(self.plan, job, self.readers.get(), self._scratch())
+        for target in self.targets[job.name]:
+            write_at(target, tensor)
+        return edited
+
+    def close(self) -> None:
+        self.readers.close()
+        for sc in self._scratches:
+            sc.close()
+        self._scratches.clear()
+        self._local = threading.local()
+
+
 def apply_recipe(
     recipe: Recipe, out: str | Path, *, options: ReadOptions | None = None, force: bool = False
 ) -> ApplyResult:
@@ -233,40 +274,19 @@ def apply_recipe(
         planned.extend(PlannedTensor(t, j.info.shape, j.out_dtype) for t in j.tied)
     order = {n: i for i, n in enumerate(plan.target.tensors)}
     planned.sort(key=lambda p: order.get(p.name, len(order)))
-    pool = ReaderPool()
-    local = threading.local()
-    scratches: list[Scratch] = []
-
-    def scratch() -> Scratch:
-        mine: Scratch | None = getattr(local, "scratch", None)
-        if mine is None:
-            mine = local.scratch = Scratch()
-            scratches.append(mine)
-        return mine
-
     with atomic_dir(out, force=force) as tmp:
         with ShardedWriter(tmp, planned, max_shard_bytes=recipe.shard_bytes) as writer:
-
-            def work(job: OutJob) -> bool:
-                tensor, edited = compute_tensor(plan, job, pool.get(), scratch())
-                writer.write(job.name, tensor)
-                for name in job.tied:
-                    writer.write(name, tensor)
-                return edited
-
+            targets = {p.name: writer.target(p.name) for p in planned}
+            work = ApplyWork(plan, {j.name: tuple(targets[n] for n in (j.name, *j.tied)) for j in plan.jobs})
             try:
-                edited = run_jobs(
-                    list(plan.jobs),
-                    work,
-                    workers=options.workers,
-                    desc="apply",
-                    quiet=options.quiet,
+                edited = run_stage(
+                    list(plan.jobs), work, options, desc="apply",
                     weight=lambda j: j.info.nbytes * (1 + len(plan.sources)),
-                )
+                )  # fmt: skip
             finally:
-                pool.close()
-                for sc in scratches:
-                    sc.close()
+                work.close()
+            for p in planned:
+                writer.mark_written(p.name)
         copy_side_files(plan.target.path, tmp, dtype=recipe.dtype)
         meta = _metadata(plan, edited, clock)
         write_json(tmp / VECTOR_META, meta)

@@ -171,6 +171,11 @@ def extract_lora(
     from safetensors.torch import save_file
 
     options = options or ReadOptions()
+    if options.executor != "thread":
+        raise TunelensError(
+            f"--executor {options.executor}: the LoRA export runs in this process (its factors are gathered "
+            "into one adapter file); leave --executor out"
+        )
     out = Path(out)
     check_target(out, force)
     clock = RunClock()

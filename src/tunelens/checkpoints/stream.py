@@ -118,5 +118,14 @@ class ReaderPool:
         return reader
 
     def close(self) -> None:
-        for r in self._all:
-            r.close()
+        with self._lock:
+            for r in self._all:
+                r.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, object]:
+        return {}  # open files never travel: a worker that unpickles a pool starts an empty one
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__()  # type: ignore[misc]

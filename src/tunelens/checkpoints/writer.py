@@ -3,7 +3,9 @@
 Because every output tensor's name, shape and dtype are known from the inputs' headers before any
 data is read, each shard's header is written first and each tensor is then written with ``pwrite``
 straight from its memory at its final offset: one copy, large sequential writes, any order, any
-thread. ``safetensors.torch.save_file`` needs the whole state dict in memory and measured ~0.4 GB/s
+thread — or any process: :meth:`ShardedWriter.target` gives a tensor's file and offset, and
+:func:`write_at` writes there from a worker that opens the file itself.
+``safetensors.torch.save_file`` needs the whole state dict in memory and measured ~0.4 GB/s
 here (``bench/``). The files follow the safetensors format exactly (8-byte little-endian header
 length, JSON header padded with spaces to 8 bytes, contiguous data) and load with
 ``safetensors`` and ``transformers`` (tests check both).
@@ -96,6 +98,7 @@ class ShardedWriter:
                 start = header[p.name]["data_offsets"][0]
                 self._where[p.name] = (fd, base + start)
         self._weight_map = {p.name: fname for fname, g in zip(names, groups, strict=True) for p in g}
+        self._paths = {fd: str(self.folder / fname) for fd, fname in zip(self._fds, names, strict=True)}
 
     def __enter__(self) -> ShardedWriter:
         return self
@@ -117,14 +120,46 @@ class ShardedWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write one planned tensor (its dtype and shape must match the plan)."""
-        p = self.plan[name]
-        if ST_DTYPES.get(tensor.dtype) != p.dtype or tuple(tensor.shape) != p.shape:
-            raise ValueError(f"{name}: got {tensor.dtype} {tuple(tensor.shape)}, planned {p.dtype} {p.shape}")
         fd, offset = self._where[name]
-        t = tensor.contiguous()
-        if p.nbytes:
-            _pwrite_all(fd, memoryview(t.view(-1).view(torch.uint8).numpy()), offset)  # type: ignore[arg-type]
+        _write(fd, offset, self.plan[name], tensor)
         self._written.add(name)
+
+    def target(self, name: str) -> WriteTarget:
+        """Where planned tensor ``name`` goes, for :func:`write_at` in another thread or process."""
+        fd, offset = self._where[name]
+        return WriteTarget(self._paths[fd], offset, self.plan[name])
+
+    def mark_written(self, name: str) -> None:
+        """Record that ``name`` was written through :func:`write_at`."""
+        if name not in self.plan:
+            raise KeyError(name)
+        self._written.add(name)
+
+
+@dataclass(frozen=True)
+class WriteTarget:
+    """A planned tensor's shard file and absolute byte offset (picklable: a path, not a handle)."""
+
+    path: str
+    offset: int
+    planned: PlannedTensor
+
+
+def write_at(target: WriteTarget, tensor: torch.Tensor) -> None:
+    """Write ``tensor`` at ``target`` (the shard exists: its header and size were laid out up front)."""
+    fd = os.open(target.path, os.O_WRONLY)
+    try:
+        _write(fd, target.offset, target.planned, tensor)
+    finally:
+        os.close(fd)
+
+
+def _write(fd: int, offset: int, p: PlannedTensor, tensor: torch.Tensor) -> None:
+    if ST_DTYPES.get(tensor.dtype) != p.dtype or tuple(tensor.shape) != p.shape:
+        raise ValueError(f"{p.name}: got {tensor.dtype} {tuple(tensor.shape)}, planned {p.dtype} {p.shape}")
+    t = tensor.contiguous()
+    if p.nbytes:
+        _pwrite_all(fd, memoryview(t.view(-1).view(torch.uint8).numpy()), offset)  # type: ignore[arg-type]
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

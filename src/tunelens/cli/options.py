@@ -10,8 +10,35 @@ import click
 F = Callable[..., Any]
 
 
+EXECUTOR_OPTIONS = [
+    click.option(
+        "--executor",
+        type=click.Choice(["thread", "process", "ray"]),
+        default="thread",
+        show_default=True,
+        help="Who runs the per-tensor jobs: threads in this process, --workers local processes, or Ray tasks "
+        "(same numbers bit for bit; see docs/scale.md).",
+    ),
+    click.option("--address", metavar="auto|HOST:PORT", help="--executor ray: join this cluster (default: local)."),
+    click.option(
+        "--retries",
+        type=click.IntRange(0, 100),
+        default=3,
+        show_default=True,
+        help="--executor process/ray: re-runs of a job whose worker died.",
+    ),
+]
+
+
+def executor_options(fn: F) -> F:
+    """--executor, --address, --retries."""
+    for deco in reversed(EXECUTOR_OPTIONS):
+        fn = deco(fn)
+    return fn
+
+
 def read_options(fn: F) -> F:
-    """--vocab, --missing, --allow-pickle, --workers, --quiet."""
+    """--vocab, --missing, --allow-pickle, --workers, --quiet, and the executor options."""
     for deco in reversed(
         [
             click.option(
@@ -42,6 +69,7 @@ def read_options(fn: F) -> F:
                 help="Tensors in flight.",
             ),
             click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables."),
+            *EXECUTOR_OPTIONS,
         ]
     ):
         fn = deco(fn)
@@ -75,7 +103,13 @@ def make_read_options(kw: dict[str, Any]) -> Any:
         allow_pickle=kw.pop("allow_pickle"),
         workers=kw.pop("workers"),
         quiet=kw.pop("quiet"),
+        **executor_kwargs(kw),
     )
+
+
+def executor_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    """``executor``, ``address``, ``retries`` of :class:`~tunelens.config.ReadOptions`, popped from ``kw``."""
+    return {"executor": kw.pop("executor"), "address": kw.pop("address"), "retries": kw.pop("retries")}
 
 
 def make_selection(kw: dict[str, Any]) -> Any:

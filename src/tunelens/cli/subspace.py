@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from tunelens.cli.options import executor_kwargs, executor_options
 from tunelens.errors import TunelensError
 
 
@@ -40,7 +41,12 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("--rank", metavar="LIST", help="Fixed k (capped at min(out, in)), e.g. 16,64.")
 @click.option("--per-head", is_flag=True, help="Also report each attention head (q/k/v rows, o columns; GQA aware).")
 @click.option("--tau-rank", type=click.IntRange(1), default=16, show_default=True, help="r of tau_top_r_share.")
-@click.option("--no-tau-spectrum", is_flag=True, help="Skip tau's effective rank / top-r share (saves a Gram).")
+@click.option(
+    "--tau-spectrum/--no-tau-spectrum",
+    default=False,
+    show_default=True,
+    help="Also report tau's effective rank and top-r share (one float64 Gram + eigvalsh of tau per tensor and model).",
+)
 @click.option(
     "--method",
     type=click.Choice(["auto", "gram", "svd"]),
@@ -66,6 +72,8 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("--allow-pickle", is_flag=True, help="Read pickle .bin checkpoints (unsafe; weights_only=True).")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Tensors in flight.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables.")
+@executor_options
+@click.option("--device", default="cpu", show_default=True, help="Decompose and project on cpu or cuda[:N].")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def subspace_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> None:
     """How much of each TUNED model's tuning vector (or vector folder) lies in the top-k
@@ -78,7 +86,11 @@ def subspace_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> Non
     from tunelens.config import ReadOptions, Selection, parse_components, parse_layers
 
     options = ReadOptions(
-        missing=kw["missing"], allow_pickle=kw["allow_pickle"], workers=kw["workers"], quiet=kw["quiet"]
+        missing=kw["missing"],
+        allow_pickle=kw["allow_pickle"],
+        workers=kw["workers"],
+        quiet=kw["quiet"],
+        **executor_kwargs(kw),
     )
     components = parse_components(kw["components"])
     bad = [c for c in components or () if c not in ("q", "k", "v", "o", "gate", "up", "down")]
@@ -94,13 +106,14 @@ def subspace_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> Non
         rank=_ints(kw["rank"]),
         per_head=kw["per_head"],
         tau_rank=kw["tau_rank"],
-        tau_spectrum=not kw["no_tau_spectrum"],
+        tau_spectrum=kw["tau_spectrum"],
         method=kw["method"],
         cache_dir=kw["cache_dir"],
         use_cache=not kw["no_cache"],
         selection=selection,
         options=options,
         force=kw["force"],
+        device=kw["device"],
     )
     if not options.quiet:
         print_table4(result.summary)

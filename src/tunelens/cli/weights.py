@@ -35,9 +35,10 @@ def inspect_cmd(model: str, as_json: bool, allow_pickle: bool) -> None:
 @click.argument("tuned", nargs=-1, required=True)
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--device", default="cpu", show_default=True, help="Where the sums run: cpu or cuda[:N].")
 @selection_options
 @read_options
-def diff_cmd(base: str, tuned: tuple[str, ...], out: Path, force: bool, **kw: Any) -> None:
+def diff_cmd(base: str, tuned: tuple[str, ...], out: Path, force: bool, device: str, **kw: Any) -> None:
     """Weight cosine, 1 - cosine and relative change of each TUNED model (or vector folder)
     against BASE, per tensor / component / layer / model, and the cosine between their
     tuning vectors with a null baseline. One streaming pass, exact float64 sums.
@@ -48,7 +49,7 @@ def diff_cmd(base: str, tuned: tuple[str, ...], out: Path, force: bool, **kw: An
 
     options = make_read_options(kw)
     selection = make_selection(kw)
-    result = api.diff(base, list(tuned), out=out, selection=selection, options=options, force=force)
+    result = api.diff(base, list(tuned), out=out, selection=selection, options=options, force=force, device=device)
     if not options.quiet:
         from tunelens.report.terminal import print_diff
 

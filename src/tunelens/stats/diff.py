@@ -16,9 +16,9 @@ from tunelens.checkpoints.architectures import COMPONENTS, GROUPS
 from tunelens.checkpoints.index import Checkpoint
 from tunelens.checkpoints.naming import Part
 from tunelens.checkpoints.stream import ReaderPool, select_part
-from tunelens.config import ReadOptions, Selection
-from tunelens.jobs import run_jobs
-from tunelens.stats.accumulate import Sums, part_sums, single_threaded
+from tunelens.config import ReadOptions, Selection, check_device
+from tunelens.jobs import run_stage
+from tunelens.stats.accumulate import Sums, part_sums, part_sums_device, single_threaded
 from tunelens.stats.similarity import metrics, random_std, signflip_std, vector_cosine
 from tunelens.vectors.tuning_vector import read_stored
 
@@ -48,35 +48,44 @@ class DiffResult:
     parts: list[PartSums] = field(repr=False, default_factory=list)
 
 
-def diff_alignment(alignment: Alignment, selection: Selection, options: ReadOptions) -> DiffResult:
-    """Run the pass over an existing alignment plan."""
-    jobs = [job for job in alignment.tensors if any(selection.keeps(p.layer, p.component) for p in job.parts)]
-    n = len(alignment.others)
-    reader_local = ReaderPool()
+@dataclass
+class DiffWork:
+    """The per-tensor job of ``diff``: picklable (plan and options only), so any executor can run it."""
 
-    def work(job: AlignedTensor) -> list[PartSums]:
-        reader = reader_local.get()
-        base, others = read_stored(reader, alignment, job)
+    alignment: Alignment
+    selection: Selection
+    device: str = "cpu"
+    readers: ReaderPool = field(default_factory=ReaderPool)
+
+    def __call__(self, job: AlignedTensor) -> list[PartSums]:
+        base, others = read_stored(self.readers.get(), self.alignment, job)
+        null = len(self.alignment.others) > 1
         out = []
         for part in job.parts:
-            if selection.keeps(part.layer, part.component):
+            if self.selection.keeps(part.layer, part.component):
                 w = select_part(base, part)
                 srcs = [(select_part(t, part), vec) for t, vec in others]
-                out.append(PartSums(part, tuple(w.shape), part_sums(w, srcs, null=n > 1)))
+                if self.device == "cpu":
+                    sums = part_sums(w, srcs, null=null)
+                else:
+                    sums = part_sums_device(w, srcs, null=null, device=self.device)
+                out.append(PartSums(part, tuple(w.shape), sums))
         return out
 
+    def close(self) -> None:
+        self.readers.close()
+
+
+def diff_alignment(alignment: Alignment, selection: Selection, options: ReadOptions, device: str = "cpu") -> DiffResult:
+    """Run the pass over an existing alignment plan (the sums on ``device``: ``cpu``, or a GPU)."""
+    jobs = [job for job in alignment.tensors if any(selection.keeps(p.layer, p.component) for p in job.parts)]
+    n = len(alignment.others)
+    work = DiffWork(alignment, selection, check_device(device))
     try:
         with single_threaded():
-            results = run_jobs(
-                jobs,
-                work,
-                workers=options.workers,
-                desc="diff",
-                quiet=options.quiet,
-                weight=lambda j: j.base.nbytes * (1 + n),
-            )
+            results = run_stage(jobs, work, options, desc="diff", weight=lambda j: j.base.nbytes * (1 + n))
     finally:
-        reader_local.close()
+        work.close()
     parts = [item for res in results for item in res]
     names = tuple(ck.name for ck in alignment.others)
     rows = _tensor_rows(parts, names)
@@ -90,11 +99,12 @@ def diff(
     *,
     selection: Selection | None = None,
     options: ReadOptions | None = None,
+    device: str = "cpu",
 ) -> DiffResult:
     """Weight cosine, relative change and vector cosine of ``tuned`` models against ``base``."""
     options = options or ReadOptions()
     alignment = align(base, tuned, vocab=options.vocab, missing=options.missing)
-    return diff_alignment(alignment, selection or Selection(), options)
+    return diff_alignment(alignment, selection or Selection(), options, device)
 
 
 def _tensor_rows(parts: list[PartSums], names: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from tunelens.checkpoints.naming import ArchInfo, Part
 from tunelens.checkpoints.stream import ReaderPool, TensorReader, select_part, to_out_in
 from tunelens.config import ReadOptions, Selection
 from tunelens.errors import TunelensError
-from tunelens.jobs import run_jobs
+from tunelens.jobs import run_stage
 from tunelens.stats.subspace_basis import (
     Basis,
     BasisCache,
@@ -59,9 +59,10 @@ class SubspaceOptions:
     criteria: tuple[Criterion, ...] = (Criterion("energy", 0.9),)
     per_head: bool = False
     tau_rank: int = 16
-    tau_spectrum: bool = True
+    tau_spectrum: bool = False  # opt-in: one float64 Gram + eigvalsh of τ per tensor and model
     method: Method = "auto"
     cache: BasisCache = field(default_factory=lambda: BasisCache(None))
+    device: str = "cpu"  # where decompositions and projections run (cpu or cuda[:N]; float64 kept)
 
     def __post_init__(self) -> None:
         if not self.criteria:
@@ -227,7 +228,7 @@ def load_or_build(
     found = cache.load(key) if key.content_sha256 else None
     if found is not None and len(found) == len(slices):
         stats.hits += 1
-        return found
+        return [b.to(str(slices[0].device)) for b in found]
     t0 = time.perf_counter()
     bases = [decompose(s, method) for s in slices]
     stats.decompose_seconds += time.perf_counter() - t0
@@ -248,8 +249,8 @@ def analyse_tensor(
     rows: list[dict[str, Any]] = []
     for plan in plans:
         part = plan.part
-        w = to_out_in(select_part(base, part), part)
-        ts = [to_out_in(select_part(t, part), part) for t in taus]
+        w = to_out_in(select_part(base, part), part).to(opts.device)
+        ts = [to_out_in(select_part(t, part), part).to(opts.device) for t in taus]
         shape = (w.shape[0], w.shape[1])
         part_id = f"{part.dim}:{part.start}:{part.stop}:{part.layout}" if part.fused else f"-:{part.layout}"
         stored = f"{job.base.dtype}:{list(job.base.shape)}"
@@ -327,6 +328,22 @@ class SubspacePass:
     excluded: dict[str, int]
 
 
+@dataclass
+class SubspaceWork:
+    """The per-tensor job of ``subspace``: picklable (plan, options and cache folder only)."""
+
+    alignment: Alignment
+    plans: dict[str, tuple[PartPlan, ...]]
+    opts: SubspaceOptions
+    readers: ReaderPool = field(default_factory=ReaderPool)
+
+    def __call__(self, job: AlignedTensor) -> tuple[list[dict[str, Any]], PassStats]:
+        return analyse_tensor(self.readers.get(), self.alignment, job, self.plans[job.name], self.opts)
+
+    def close(self) -> None:
+        self.readers.close()
+
+
 def subspace_pass(alignment: Alignment, selection: Selection, read: ReadOptions, opts: SubspaceOptions) -> SubspacePass:
     """Run SSA over every analysable part of ``alignment``; rows in tensor order."""
     plans = plan_parts(alignment, selection, opts.per_head)
@@ -334,22 +351,11 @@ def subspace_pass(alignment: Alignment, selection: Selection, read: ReadOptions,
         raise TunelensError("no 2-D q/k/v/o/gate/up/down weights selected: nothing to analyse")
     jobs = [j for j in alignment.tensors if j.name in plans]
     n = len(alignment.others)
-    pool = ReaderPool()
-
-    def work(job: AlignedTensor) -> tuple[list[dict[str, Any]], PassStats]:
-        return analyse_tensor(pool.get(), alignment, job, plans[job.name], opts)
-
+    work = SubspaceWork(alignment, plans, opts)
     try:
-        results = run_jobs(
-            jobs,
-            work,
-            workers=read.workers,
-            desc="subspace",
-            quiet=read.quiet,
-            weight=lambda j: j.base.nbytes * (1 + n),
-        )
+        results = run_stage(jobs, work, read, desc="subspace", weight=lambda j: j.base.nbytes * (1 + n))
     finally:
-        pool.close()
+        work.close()
     stats = PassStats()
     rows: list[dict[str, Any]] = []
     for r, s in results:
@@ -526,6 +532,7 @@ def subspace(
     }
     summary["excluded"] = done.excluded
     summary["options"] = {
+        "device": opts.device,
         "per_head": opts.per_head,
         "tau_rank": opts.tau_rank,
         "tau_spectrum": opts.tau_spectrum,

@@ -63,6 +63,12 @@ class Basis:
     def rank(self) -> int:
         return int(self.S.numel())
 
+    def to(self, device: str) -> Basis:
+        """The same basis with its tensors on ``device``."""
+        if self.S.device == torch.device(device):
+            return self
+        return Basis(self.U.to(device), self.S.to(device), self.V.to(device), self.method, self.trusted)
+
 
 @dataclass(frozen=True)
 class Criterion:
@@ -130,7 +136,7 @@ def _gram(a: torch.Tensor) -> Basis | None:
     s = lam.sqrt()
     other = side.T @ e[:, :trusted]  # [big, trusted]
     other.div_(s[:trusted])  # columns of the other side, σ-normalised
-    big = torch.zeros(side.shape[1], side.shape[0], dtype=torch.float32)
+    big = torch.zeros(side.shape[1], side.shape[0], dtype=torch.float32, device=a.device)
     big[:, :trusted] = other
     small = e.float().contiguous()
     u, v = (small, big) if wide else (big, small)
@@ -146,9 +152,10 @@ def content_hash(t: torch.Tensor) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$TUNELENS_CACHE/subspace`` if set, else ``~/.cache/tunelens/subspace``."""
-    root = os.environ.get("TUNELENS_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "tunelens") / "subspace"
+    """``<cache_root>/subspace`` (:func:`tunelens.cache.cache_root`)."""
+    from tunelens.cache import cache_root
+
+    return cache_root() / "subspace"
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,7 @@ class BasisCache:
             return 0
         state: dict[str, torch.Tensor] = {}
         for i, b in enumerate(bases):
+            b = b.to("cpu")
             state[f"U.{i}"], state[f"S.{i}"], state[f"V.{i}"] = b.U, b.S, b.V
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")

@@ -59,6 +59,7 @@ class DiffStage:
 class SubspaceStage:
     energy: tuple[float, ...] = (0.9,)
     per_head: bool = False
+    tau_spectrum: bool = False
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,9 @@ def _sub(cls: Any, v: Any, where: str) -> Any:
     d = _mapping(v, where)
     _known(d, {f.name for f in fields(cls)}, where)
     kw = {k: tuple(x) if isinstance(x, list) else x for k, x in d.items()}
+    for f in fields(cls):
+        if f.name in kw and isinstance(f.default, bool) and not isinstance(kw[f.name], bool):
+            raise TunelensError(f"study: {where}.{f.name} must be true or false, got {kw[f.name]!r}")
     try:
         return cls(**kw)
     except TypeError as exc:

@@ -132,7 +132,7 @@ def run_study(
         ss = cfg.subspace
         stage("subspace", out / "subspace", _key("subspace", asdict(ss), tuned, all_fps),
               lambda f: api.subspace(str(base.path), tuned, out=f, energy=list(ss.energy), per_head=ss.per_head,
-                                     options=read, force=True))  # fmt: skip
+                                     tau_spectrum=ss.tau_spectrum, options=read, force=True))  # fmt: skip
     if "activations" in cfg.stages:
         from tunelens.activations.options import ActivationOptions
 

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tunelens.checkpoints.align import AlignedTensor, align
+from tunelens.checkpoints.align import AlignedTensor, Alignment, align
 from tunelens.checkpoints.index import VECTOR_META, Checkpoint
 from tunelens.checkpoints.output import atomic_dir, check_target
 from tunelens.checkpoints.stream import ST_DTYPES, ReaderPool
-from tunelens.checkpoints.writer import DEFAULT_SHARD_BYTES, PlannedTensor, ShardedWriter
+from tunelens.checkpoints.writer import DEFAULT_SHARD_BYTES, PlannedTensor, ShardedWriter, WriteTarget, write_at
 from tunelens.config import ReadOptions
 from tunelens.errors import TunelensError
-from tunelens.jobs import run_jobs
+from tunelens.jobs import run_stage
 from tunelens.provenance import RunClock
 from tunelens.stats.similarity import DEFINITIONS
 from tunelens.vectors.tuning_vector import read_aligned
@@ -56,25 +57,15 @@ def write_vector(
     alignment = align(base, [tuned], vocab=options.vocab, missing=options.missing)
     tdtype = VECTOR_DTYPES[dtype]
     plan = [PlannedTensor(j.name, _shape(j), ST_DTYPES[tdtype]) for j in alignment.tensors]
-    pool = ReaderPool()
     with atomic_dir(Path(out), force=force) as tmp:
         with ShardedWriter(tmp, plan, max_shard_bytes=max_shard_bytes) as writer:
-
-            def work(job: AlignedTensor) -> None:
-                _, (tau,) = read_aligned(pool.get(), alignment, job)
-                writer.write(job.name, tau.to(tdtype))
-
+            work = VectorWork(alignment, dtype, {j.name: writer.target(j.name) for j in alignment.tensors})
             try:
-                run_jobs(
-                    list(alignment.tensors),
-                    work,
-                    workers=options.workers,
-                    desc="vector",
-                    quiet=options.quiet,
-                    weight=lambda j: j.base.nbytes * 2,
-                )
+                run_stage(list(alignment.tensors), work, options, desc="vector", weight=lambda j: j.base.nbytes * 2)
             finally:
-                pool.close()
+                work.close()
+            for j in alignment.tensors:
+                writer.mark_written(j.name)
         shutil.copy2(base.path / "config.json", tmp / "config.json")
         meta: dict[str, Any] = {
             "kind": "tuning_vector",
@@ -88,6 +79,23 @@ def write_vector(
         }
         (tmp / VECTOR_META).write_text(json.dumps(meta, indent=2) + "\n")
     return Path(out)
+
+
+@dataclass
+class VectorWork:
+    """Compute one τ tensor and write it at its planned place (picklable: paths and offsets only)."""
+
+    alignment: Alignment
+    dtype: str
+    targets: dict[str, WriteTarget]
+    readers: ReaderPool = field(default_factory=ReaderPool)
+
+    def __call__(self, job: AlignedTensor) -> None:
+        _, (tau,) = read_aligned(self.readers.get(), self.alignment, job)
+        write_at(self.targets[job.name], tau.to(VECTOR_DTYPES[self.dtype]))
+
+    def close(self) -> None:
+        self.readers.close()
 
 
 def _shape(job: AlignedTensor) -> tuple[int, ...]:

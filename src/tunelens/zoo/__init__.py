@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tunelens.cache import cache_root
+
 BaseName = Literal["smollm2", "tiny"]
 DOMAINS = ("medical", "math", "code")
 ZOO_FORMAT = 1  # bump when the recipe's code changes what is built (part of the cache key)
-CACHE_ENV = "TUNELENS_CACHE"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,15 +122,6 @@ class Zoo:
         data = json.loads(self.manifest.read_text())
         assert isinstance(data, dict)
         return data
-
-
-def cache_root() -> Path:
-    """``$TUNELENS_CACHE``, else ``$XDG_CACHE_HOME/tunelens``, else ``~/.cache/tunelens``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "tunelens"
 
 
 def default_cache_dir() -> Path:
