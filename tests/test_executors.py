@@ -74,6 +74,21 @@ def reference(models: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPath
     return out
 
 
+def same_as_threads(models: tuple[Path, Path, Path], reference: Path, out: Path, executor: str) -> None:
+    run_all(models, out, ReadOptions(quiet=True, executor=executor), out / "cache")  # type: ignore[arg-type]
+    for stage in ("diff", "vector", "apply", "subspace"):
+        assert_same_folder(reference / stage, out / stage)
+
+
+def survives_a_kill(models: tuple[Path, Path, Path], reference: Path, out: Path, faults: Path, executor: str) -> None:
+    base, ft1, ft2 = models
+    (faults / "kill-next").touch()
+    options = ReadOptions(quiet=True, executor=executor)  # type: ignore[arg-type]
+    api.diff(str(base), [f"a={ft1}", f"b={ft2}"], out=out / "diff", options=options)
+    assert len(list(faults.glob("killed-*"))) == 1  # a worker really died
+    assert_same_folder(reference / "diff", out / "diff")
+
+
 @pytest.fixture
 def fault_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "faults"
@@ -83,19 +98,13 @@ def fault_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_process_executor_matches_threads(models: tuple[Path, Path, Path], reference: Path, tmp_path: Path) -> None:
-    run_all(models, tmp_path, ReadOptions(quiet=True, executor="process"), tmp_path / "cache")
-    for stage in ("diff", "vector", "apply", "subspace"):
-        assert_same_folder(reference / stage, tmp_path / stage)
+    same_as_threads(models, reference, tmp_path, "process")
 
 
 def test_process_executor_recovers_a_killed_worker(
     models: tuple[Path, Path, Path], reference: Path, tmp_path: Path, fault_dir: Path
 ) -> None:
-    base, ft1, ft2 = models
-    (fault_dir / "kill-next").touch()
-    api.diff(str(base), [f"a={ft1}", f"b={ft2}"], out=tmp_path / "diff", options=ReadOptions(executor="process"))
-    assert len(list(fault_dir.glob("killed-*"))) == 1  # a worker really died
-    assert_same_folder(reference / "diff", tmp_path / "diff")
+    survives_a_kill(models, reference, tmp_path, fault_dir, "process")
 
 
 def test_process_executor_gives_up_after_retries(models: tuple[Path, Path, Path], fault_dir: Path) -> None:
@@ -161,20 +170,13 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_ray_executor_matches_threads(
     models: tuple[Path, Path, Path], reference: Path, tmp_path: Path, ray_cluster: Path
 ) -> None:
-    run_all(models, tmp_path, ReadOptions(quiet=True, executor="ray"), tmp_path / "cache")
-    for stage in ("diff", "vector", "apply", "subspace"):
-        assert_same_folder(reference / stage, tmp_path / stage)
+    same_as_threads(models, reference, tmp_path, "ray")
 
 
 def test_ray_executor_recovers_a_killed_worker(
     models: tuple[Path, Path, Path], reference: Path, tmp_path: Path, ray_cluster: Path
 ) -> None:
-    base, ft1, ft2 = models
-    (ray_cluster / "kill-next").touch()
-    options = ReadOptions(quiet=True, executor="ray")
-    api.diff(str(base), [f"a={ft1}", f"b={ft2}"], out=tmp_path / "diff", options=options)
-    assert len(list(ray_cluster.glob("killed-*"))) == 1
-    assert_same_folder(reference / "diff", tmp_path / "diff")
+    survives_a_kill(models, reference, tmp_path, ray_cluster, "ray")
 
 
 def test_ray_job_error_keeps_its_message(ray_cluster: Path) -> None:

@@ -1,6 +1,6 @@
 """Executors beyond the in-process thread pool: local processes and a Ray cluster.
 
-Both run the same per-tensor jobs as :func:`tunelens.jobs.run_jobs`, with a *picklable* work
+Both run the same per-tensor jobs as :func:`tunelens.jobs.iter_jobs`, with a *picklable* work
 object (a module-level class holding the plan: paths, byte ranges, options — never tensors), and
 hand the results back **in job order**, so that the caller reduces them (adds float64 sums, writes
 rows) exactly as it does for the in-process run: the numbers are the same bit for bit. Every worker

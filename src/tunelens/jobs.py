@@ -1,7 +1,7 @@
 """Per-tensor work as independent jobs whose results reduce by addition.
 
 Every streaming stage (diff, vector, apply, subspace) is a list of jobs, one per aligned tensor,
-and a pure function ``fn(job) -> result``. :func:`run_jobs` is the in-process executor: a bounded
+and a pure function ``fn(job) -> result``. :func:`iter_jobs` is the in-process executor: a bounded
 thread pool (torch releases the GIL in its kernels and in file reads, so reading one tensor
 overlaps computing on another), results returned in job order, a progress bar on a TTY. Jobs carry
 paths and byte ranges, never tensors; with ``executor="process"`` or ``"ray"`` (a picklable ``fn``)
@@ -91,39 +91,21 @@ def iter_jobs(
         bar.close()
 
 
-def run_jobs(
-    jobs: Sequence[J],
-    fn: Callable[[J], R],
-    *,
-    workers: int = 2,
-    desc: str = "",
-    quiet: bool = False,
-    weight: Callable[[J], int] | None = None,
-    executor: str = "thread",
-    address: str | None = None,
-    retries: int = 3,
+def run_stage(
+    jobs: Sequence[J], fn: Callable[[J], R], options: ReadOptions, *, desc: str, weight: Callable[[J], int]
 ) -> list[R]:
-    """All results of :func:`iter_jobs`, as a list in job order."""
+    """All results of :func:`iter_jobs` in job order, with the executor, workers and quietness of a
+    stage's :class:`ReadOptions`."""
     return list(
         iter_jobs(
             jobs,
             fn,
-            workers=workers,
+            workers=options.workers,
             desc=desc,
-            quiet=quiet,
+            quiet=options.quiet,
             weight=weight,
-            executor=executor,
-            address=address,
-            retries=retries,
+            executor=options.executor,
+            address=options.address,
+            retries=options.retries,
         )  # fmt: skip
     )
-
-
-def run_stage(
-    jobs: Sequence[J], fn: Callable[[J], R], options: ReadOptions, *, desc: str, weight: Callable[[J], int]
-) -> list[R]:
-    """:func:`run_jobs` with the executor, workers and quietness of a stage's :class:`ReadOptions`."""
-    return run_jobs(
-        jobs, fn, workers=options.workers, desc=desc, quiet=options.quiet, weight=weight,
-        executor=options.executor, address=options.address, retries=options.retries,
-    )  # fmt: skip

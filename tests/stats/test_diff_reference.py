@@ -218,3 +218,41 @@ def test_device_kernel_matches_chunked_loop() -> None:
     for a, b in zip(got.cross_sq, ref.cross_sq, strict=True):
         assert a == pytest.approx(b, rel=1e-10)
     assert all(got.cross_sq[i][i] == 0.0 for i in range(3))
+
+
+def test_ten_finetunes_in_one_pass(tiny, tuned, monkeypatch: pytest.MonkeyPatch) -> None:
+    """N = 10 fine-tunes in one pass: every stored tensor of every model is read exactly once (the base
+    too, not N times), and the 10×10 vector-cosine matrix matches numpy."""
+    import threading
+    from collections import Counter
+
+    import numpy as np
+
+    from tunelens.checkpoints.index import TensorInfo
+    from tunelens.checkpoints.stream import TensorReader
+
+    base = tiny("llama")
+    fts = [tuned(base, scale=0.02, seed=s) for s in range(10, 20)]
+    reads: Counter[tuple[str, str]] = Counter()
+    lock = threading.Lock()
+    original = TensorReader.read
+
+    def counting(self: TensorReader, info: TensorInfo) -> torch.Tensor:
+        with lock:
+            reads[(str(info.file.parent), info.name)] += 1
+        return original(self, info)
+
+    monkeypatch.setattr(TensorReader, "read", counting)
+    result = api.diff(base, fts, options=api.ReadOptions(quiet=True, workers=2))
+    assert set(reads.values()) == {1}
+    assert {folder for folder, _ in reads} == {str(base), *map(str, fts)}
+    b = read_state(base)
+    taus = [
+        np.concatenate([(read_state(f)[k].float() - b[k].float()).double().numpy().ravel() for k in sorted(b)])
+        for f in fts
+    ]
+    m = result.summary["vector_cosine"]["matrix"]
+    for i in range(10):
+        for j in range(10):
+            ref = taus[i] @ taus[j] / np.sqrt((taus[i] @ taus[i]) * (taus[j] @ taus[j]))
+            assert m[i][j] == pytest.approx(ref, abs=6e-8)

@@ -36,7 +36,7 @@ from tunelens.checkpoints.index import Checkpoint, TensorInfo
 from tunelens.checkpoints.stream import ReaderPool, TensorReader
 from tunelens.config import ReadOptions, Selection
 from tunelens.errors import TunelensError
-from tunelens.jobs import run_jobs
+from tunelens.jobs import iter_jobs
 
 
 @dataclass
@@ -123,7 +123,7 @@ def edited(
         backups.append(edit(item))
 
     try:
-        run_jobs(jobs, record, workers=options.workers, desc="edit", quiet=options.quiet)
+        list(iter_jobs(jobs, record, workers=options.workers, desc="edit", quiet=options.quiet))
         yield model
     finally:
         try:

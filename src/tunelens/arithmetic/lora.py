@@ -30,7 +30,7 @@ from tunelens.checkpoints.output import atomic_dir, check_target
 from tunelens.checkpoints.stream import TORCH_DTYPES, ReaderPool, to_out_in
 from tunelens.config import ReadOptions
 from tunelens.errors import TunelensError
-from tunelens.jobs import run_jobs
+from tunelens.jobs import iter_jobs
 from tunelens.provenance import RunClock
 from tunelens.report.tables import write_csv, write_json
 
@@ -220,7 +220,9 @@ def extract_lora(
         return {**row, "status": status, "rank": r, "energy": energy, "relative_error": err}, factors, None
 
     try:
-        results = run_jobs(list(alignment.tensors), work, workers=options.workers, desc="lora", quiet=options.quiet)
+        results = list(
+            iter_jobs(list(alignment.tensors), work, workers=options.workers, desc="lora", quiet=options.quiet)
+        )
     finally:
         pool.close()
     rows = [r for r, _, _ in results]

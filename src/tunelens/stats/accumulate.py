@@ -60,7 +60,7 @@ def _add2(a: tuple[tuple[float, ...], ...], b: tuple[tuple[float, ...], ...]) ->
 
 @contextmanager
 def single_threaded() -> Iterator[None]:
-    """Run torch single-threaded: the pass parallelises across tensors (``jobs.run_jobs``) instead.
+    """Run torch single-threaded: the pass parallelises across tensors (``jobs.iter_jobs``) instead.
 
     Intra-op threads on top of the job threads oversubscribe the cores; on 2 busy cores that
     measured up to 15x slower for these memory-bound kernels (``bench/``).
