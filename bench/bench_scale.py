@@ -11,7 +11,9 @@ each in a fresh process from a dropped page cache:
 - ``tunelens apply base -v ft:-1`` (negation) against the read + write floor (``cat`` of the inputs,
   then ``dd`` of as many bytes to the output disk, flushed) — the wall time includes ``sync``;
 - ``tunelens subspace base ft --layers 0-{N-1}`` (``--ssa-layers``; every layer has the same shapes,
-  so the whole-model time is 32/N times it), cache empty, default k (η = 0.9).
+  so the whole-model time is 32/N times it), cache empty, default k (η = 0.9); then the same with the
+  cache filled (a second fine-tune of this base costs only the projections), and again with
+  ``--tau-spectrum``.
 
 ``executors``: ``diff`` of a 1B-shaped pair (bench/synthetic.py ``ONE_B``) with the thread executor
 (2 workers) and with ``--executor process`` and ``--executor ray`` at 1, 2 and 4 workers, page cache
@@ -100,10 +102,14 @@ def part_8b(root: Path, ssa_layers: int) -> dict[str, Any]:
     res["subspace_whole_model_estimate_min"] = round(
         res["subspace_first_finetune"]["wall_s"] * EIGHT_B.layers / ssa_layers / 60, 1
     )
-    res["subspace_second_finetune"] = timed(
-        tl("subspace", str(base), str(ft), "-o", str(root / "out-ssa2"), "--layers", layers, "--cache-dir", str(cache)),
-        cold=True,
+    second = tl(
+        "subspace", str(base), str(ft), "-o", str(root / "out-ssa2"), "--layers", layers, "--cache-dir", str(cache)
     )
+    res["subspace_second_finetune"] = timed(second, cold=True)
+    res["subspace_second_speedup"] = round(
+        res["subspace_first_finetune"]["wall_s"] / res["subspace_second_finetune"]["wall_s"], 2
+    )
+    res["subspace_second_finetune_tau_spectrum"] = timed([*second, "--tau-spectrum"], cold=True)
     return res
 
 
