@@ -176,3 +176,25 @@ def test_cli_gives_one_error_line(inputs: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
     res = CliRunner().invoke(cli, ["report", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "no such study folder" in res.output
+
+
+def test_sweep_figure_reuses_base_finetune_and_negation(tmp_path: Path) -> None:
+    """λ = 0, 1, −1 come from the base, the fine-tune and a −τ edit of the base when the sweep skipped them."""
+    from tunelens.report.sections import sweep_anchors
+
+    cfg = {
+        "base": "base",
+        "sweep": {"vector": "med", "scales": [0.5, 1.5]},
+        "edits": [
+            {"name": "med-negated", "target": "pre", "terms": {"med": -1.0}},
+            {"name": "med-from-ft", "target": "med", "terms": {"med": -1.0}},  # not on the base: not λ = −1
+            {"name": "half", "target": "pre", "terms": {"med": -0.5}},
+        ],
+    }
+    (tmp_path / "study.json").write_text(json.dumps({"config": cfg}))
+    labels = {"base", "med", "med-negated", "med-from-ft", "half", "sweep-med sweep=0.5"}
+    assert sweep_anchors(tmp_path, labels, {0.5, 1.5}) == [(0.0, "base"), (1.0, "med"), (-1.0, "med-negated")]
+    assert sweep_anchors(tmp_path, labels, {0.0, 1.0, 0.5}) == [(-1.0, "med-negated")]  # the sweep ran 0 and 1
+    assert sweep_anchors(tmp_path, {"base"}, {0.5}) == [(0.0, "base")]  # only what was evaluated
+    (tmp_path / "study.json").unlink()
+    assert sweep_anchors(tmp_path, labels, {0.5}) == []

@@ -226,6 +226,25 @@ def _eval_rows(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def sweep_anchors(folder: Path, labels: set[str], have: set[float]) -> list[tuple[float, str]]:
+    """Points of the λ sweep that other entries of the study already evaluated (from ``study.json``):
+    λ = 0 is the base, λ = 1 the swept fine-tune itself (θ_pre + τ equals it up to float32 rounding),
+    λ = −1 an edit ``{vector: -1}`` on the base. Only scales the sweep did not run itself."""
+    study = folder / "study.json"
+    if not study.exists():
+        return []
+    cfg = load_json(study).get("config", {})
+    sweep = cfg.get("sweep") or {}
+    vector = sweep.get("vector")
+    if not vector:
+        return []
+    found: list[tuple[float, str]] = [(0.0, str(cfg.get("base"))), (1.0, vector)]
+    for e in cfg.get("edits") or []:
+        if e.get("target", "pre") == "pre" and e.get("terms") == {vector: -1.0}:
+            found.append((-1.0, e["name"]))
+    return [(x, lab) for x, lab in found if lab in labels and x not in have]
+
+
 def evaluation(folder: Path) -> Section | None:
     """Tables 1 / 3 and Fig. 4 style: every metric for base, fine-tuned, negated and added models."""
     rows = [r for r in _eval_rows(folder) if r.get("value") is not None]
@@ -265,14 +284,17 @@ def evaluation(folder: Path) -> Section | None:
                 lams.append(float(lab.rsplit("=", 1)[1]))
             except (IndexError, ValueError):
                 lams.append(math.nan)
-        order = sorted(range(len(sweep)), key=lambda i: lams[i])
-        ss = {f"{t}: {m}": [v(sweep[i], (t, m)) for i in order] for t, m in main_cols}
-        figs["fig4_sweep"] = plots.lines([lams[i] for i in order], ss, "λ sweep", "λ (θ_base + λ·τ)", "score")
+        points = list(zip(lams, sweep, strict=True)) + sweep_anchors(folder, set(labels), set(lams))
+        points.sort(key=lambda p: p[0])
+        ss = {f"{t}: {m}": [v(lab, (t, m)) for _, lab in points] for t, m in main_cols}
+        figs["fig4_sweep"] = plots.lines([x for x, _ in points], ss, "λ sweep", "λ (θ_base + λ·τ)", "score")
     reading = (f"Largest change from {base} per model: " + "; ".join(moves)) if moves else f"{len(labels)} model(s)"
     definition = (
         "acc / acc_norm: log-likelihood multiple choice as lm-evaluation-harness defines them (acc_norm by byte "
         "length); rouge1: ROUGE-1 F-measure (rouge-score); compliance: share of outputs obeying the three "
-        "system-prompt rules; exact_match: final number equal. n and standard errors in results.json."
+        "system-prompt rules; exact_match: final number equal. n and standard errors in results.json. "
+        "λ sweep: the sweep's own scales, plus λ = 0 (the base), 1 (the swept fine-tune itself) and −1 (an edit "
+        "of the base by −τ) where the study evaluated those as models or edits."
     )
     return Section("evaluation", "Evaluation of base, fine-tuned and edited models (paper Tables 1, 3; Fig. 4)",
                    definition, reading, body, figs)  # fmt: skip
