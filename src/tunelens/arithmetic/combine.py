@@ -13,7 +13,6 @@ final offset (one copy, any order, two tensors in flight by default).
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from tunelens.arithmetic.spec import Recipe
 from tunelens.checkpoints.align import AlignedTensor, Alignment, align
 from tunelens.checkpoints.index import VECTOR_META, Checkpoint, TensorInfo, open_checkpoint
 from tunelens.checkpoints.output import atomic_dir, check_target
-from tunelens.checkpoints.stream import ST_DTYPES, TORCH_DTYPES, ReaderPool, TensorReader
+from tunelens.checkpoints.stream import ST_DTYPES, TORCH_DTYPES, ReaderPool, Scratch, ScratchPool, TensorReader
 from tunelens.checkpoints.writer import PlannedTensor, ShardedWriter, WriteTarget, write_at
 from tunelens.config import ReadOptions
 from tunelens.errors import TunelensError
@@ -140,43 +139,6 @@ def part_scales(plan: ApplyPlan, job: AlignedTensor) -> list[list[float]]:
     return [[t.scale_for(p.layer, p.component) for p in job.parts] for t in plan.recipe.terms]
 
 
-class Scratch:
-    """Per-thread reusable buffers, so that each tensor is read, converted and written without fresh
-    allocations: a new multi-megabyte tensor is a fresh ``mmap`` whose pages the kernel zero-fills on
-    first touch, and on the ~1B pair that page-faulting cost more system time than the I/O itself.
-    Buffers grow to the largest tensor seen (memory: a few times the largest tensor per worker, as
-    before, but allocated once). A returned tensor is valid until the same ``key`` is asked again."""
-
-    def __init__(self) -> None:
-        self._bufs: dict[str, torch.Tensor] = {}
-
-    def get(self, key: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-        n = 1
-        for d in shape:
-            n *= d
-        buf = self._bufs.get(key)
-        if buf is None or buf.dtype != dtype or buf.numel() < n:
-            buf = self._bufs[key] = torch.empty(n, dtype=dtype)
-        return buf[:n].view(shape)
-
-    def read(self, key: str, info: TensorInfo, reader: TensorReader) -> torch.Tensor:
-        """The stored tensor ``info`` (stored dtype and shape), read into buffer ``key``."""
-        if info.begin < 0:  # pickle checkpoints: the reader's own path
-            return reader.read(info)
-        return reader.read_into(info, self.get(key, TORCH_DTYPES[info.dtype], info.shape))
-
-    def read_float(self, key: str, info: TensorInfo, reader: TensorReader) -> torch.Tensor:
-        """``info`` as float32 in buffer ``key`` (read in place when stored as float32; other dtypes go
-        through one shared ``raw`` buffer, converted at once)."""
-        raw = self.read(key if info.dtype == "F32" else "raw", info, reader)
-        if raw.dtype == torch.float32:
-            return raw
-        return self.get(key, torch.float32, info.shape).copy_(raw)
-
-    def close(self) -> None:
-        self._bufs.clear()
-
-
 def compute_tensor(
     plan: ApplyPlan, job: OutJob, reader: TensorReader, scratch: Scratch | None = None
 ) -> tuple[torch.Tensor, bool]:
@@ -225,39 +187,18 @@ class ApplyWork:
 
     def __init__(self, plan: ApplyPlan, targets: dict[str, tuple[WriteTarget, ...]]) -> None:
         self.plan, self.targets = plan, targets
-        self._init_local()
-
-    def _init_local(self) -> None:
         self.readers = ReaderPool()
-        self._local = threading.local()
-        self._scratches: list[Scratch] = []
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"plan": self.plan, "targets": self.targets}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.plan, self.targets = state["plan"], state["targets"]
-        self._init_local()
-
-    def _scratch(self) -> Scratch:
-        mine: Scratch | None = getattr(self._local, "scratch", None)
-        if mine is None:
-            mine = self._local.scratch = Scratch()
-            self._scratches.append(mine)
-        return mine
+        self.scratch = ScratchPool()
 
     def __call__(self, job: OutJob) -> bool:
-        tensor, edited = compute_tensor(self.plan, job, self.readers.get(), self._scratch())
+        tensor, edited = compute_tensor(self.plan, job, self.readers.get(), self.scratch.get())
         for target in self.targets[job.name]:
             write_at(target, tensor)
         return edited
 
     def close(self) -> None:
         self.readers.close()
-        for sc in self._scratches:
-            sc.close()
-        self._scratches.clear()
-        self._local = threading.local()
+        self.scratch.close()
 
 
 def apply_recipe(

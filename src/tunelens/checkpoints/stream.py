@@ -129,3 +129,70 @@ class ReaderPool:
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__init__()  # type: ignore[misc]
+
+
+class Scratch:
+    """Per-thread reusable buffers, so that each tensor is read, converted and written without fresh
+    allocations: a new multi-megabyte tensor is a fresh ``mmap`` whose pages the kernel zero-fills on
+    first touch, and on the ~1B pair that page-faulting cost more system time than the I/O itself.
+    Buffers grow to the largest tensor seen (memory: a few times the largest tensor per worker, as
+    before, but allocated once). A returned tensor is valid until the same ``key`` is asked again."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, key: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        n = 1
+        for d in shape:
+            n *= d
+        buf = self._bufs.get(key)
+        if buf is None or buf.dtype != dtype or buf.numel() < n:
+            buf = self._bufs[key] = torch.empty(n, dtype=dtype)
+        return buf[:n].view(shape)
+
+    def read(self, key: str, info: TensorInfo, reader: TensorReader) -> torch.Tensor:
+        """The stored tensor ``info`` (stored dtype and shape), read into buffer ``key``."""
+        if info.begin < 0:  # pickle checkpoints: the reader's own path
+            return reader.read(info)
+        return reader.read_into(info, self.get(key, TORCH_DTYPES[info.dtype], info.shape))
+
+    def read_float(self, key: str, info: TensorInfo, reader: TensorReader) -> torch.Tensor:
+        """``info`` as float32 in buffer ``key`` (read in place when stored as float32; other dtypes go
+        through one shared ``raw`` buffer, converted at once)."""
+        raw = self.read(key if info.dtype == "F32" else "raw", info, reader)
+        if raw.dtype == torch.float32:
+            return raw
+        return self.get(key, torch.float32, info.shape).copy_(raw)
+
+    def close(self) -> None:
+        self._bufs.clear()
+
+
+class ScratchPool:
+    """One :class:`Scratch` per worker thread (like :class:`ReaderPool`); pickles as an empty pool."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[Scratch] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Scratch:
+        mine: Scratch | None = getattr(self._local, "scratch", None)
+        if mine is None:
+            mine = self._local.scratch = Scratch()
+            with self._lock:
+                self._all.append(mine)
+        return mine
+
+    def close(self) -> None:
+        with self._lock:
+            for sc in self._all:
+                sc.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, object]:
+        return {}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__()  # type: ignore[misc]

@@ -32,21 +32,3 @@ def read_aligned(
         else:
             deltas.append(t.sub_(base))  # read_float returns a fresh tensor: safe in place
     return base, deltas
-
-
-def read_stored(
-    reader: TensorReader, alignment: Alignment, job: AlignedTensor
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, bool]]]:
-    """The base tensor and each source's tensor as stored (crop applied), with ``is_vector`` flags.
-
-    For kernels that form τ chunk by chunk in cache (``τ = float32(ft) − float32(base)``, or the
-    stored τ of a vector folder) instead of materialising whole float32 copies.
-    """
-    base = reader.read(job.base)
-    if job.rows is not None:
-        base = base[: job.rows]
-    others: list[tuple[torch.Tensor, bool]] = []
-    for ck, info in zip(alignment.others, job.others, strict=True):
-        t = reader.read(info)
-        others.append((t[: job.rows] if job.rows is not None else t, ck.kind == "vector"))
-    return base, others
