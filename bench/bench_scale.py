@@ -11,7 +11,7 @@ each in a fresh process from a dropped page cache:
 - ``tunelens apply base -v ft:-1`` (negation) against the read + write floor (``cat`` of the inputs,
   then ``dd`` of as many bytes to the output disk, flushed) — the wall time includes ``sync``;
 - ``tunelens subspace base ft --layers 0-{N-1}`` (``--ssa-layers``; every layer has the same shapes,
-  so the whole-model time is 32/N times it), cache empty, default k (η = 0.9); then the same with the
+  so the whole-model time is 32/N times it; 0 skips it), cache empty, default k (η = 0.9); then the same with the
   cache filled (a second fine-tune of this base costs only the projections), and again with
   ``--tau-spectrum``.
 
@@ -89,6 +89,8 @@ def part_8b(root: Path, ssa_layers: int) -> dict[str, Any]:
     )
     res["apply_ratio_to_floor"] = round(res["apply_cold"]["wall_s"] / res["read_write_floor_cold"]["wall_s"], 2)
     shutil.rmtree(root / "out-apply", ignore_errors=True)
+    if ssa_layers < 1:  # --ssa-layers 0: diff and apply only
+        return res
     cache = root / "ssa-cache"
     shutil.rmtree(cache, ignore_errors=True)
     layers = f"0-{ssa_layers - 1}"
