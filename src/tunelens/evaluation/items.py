@@ -28,6 +28,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                     raise TunelensError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
                 if not isinstance(row, dict):
                     raise TunelensError(f"{path}:{lineno}: each line must be a JSON object")
+                if "_header" in row:  # a tunelens corpus file's metadata line, not an item
+                    continue
                 row.setdefault("id", f"{Path(path).name}:{lineno}")
                 rows.append(row)
     except OSError as exc:

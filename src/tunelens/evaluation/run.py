@@ -24,7 +24,7 @@ from tunelens.evaluation.items import LimitMode, TaskRows, fewshot_for, load_row
 from tunelens.evaluation.mcqa import Question, mc_scores, score_questions
 from tunelens.evaluation.metrics import summarize
 from tunelens.evaluation.model import LoadedModel
-from tunelens.evaluation.prompts import build_prompt, choice_strings, uses_chat
+from tunelens.evaluation.prompts import build_prompt, choice_strings, render, uses_chat
 from tunelens.evaluation.tasks import TaskSpec
 
 Sink = Callable[[dict[str, Any]], None]
@@ -135,9 +135,12 @@ def evaluate_task(
     lm: LoadedModel, task: TaskSpec, variant: Variant, opts: RunOptions, sink: Sink
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score ``task`` on ``lm`` as it is now; returns result rows and a timing record."""
-    rows = load_rows(task, limit=opts.limit, mode=opts.limit_mode, seed=opts.seed)
+    limit = None if task.kind == "perplexity" else opts.limit  # max_tokens bounds a perplexity task
+    rows = load_rows(task, limit=limit, mode=opts.limit_mode, seed=opts.seed)
     torch.manual_seed(opts.seed)
     t0 = time.perf_counter()
+    if task.kind == "perplexity":
+        return _perplexity(lm, task, rows, variant, sink, t0)
     if task.kind == "multiple_choice":
         samples, new_tokens = _mcqa(lm, task, rows, opts)
     else:
@@ -163,6 +166,31 @@ def evaluate_task(
         "generated_tokens_per_second": new_tokens / seconds if new_tokens and seconds > 0 else None,
         "chat_template_applied": uses_chat(task, lm.tokenizer),
     }
+    return results, timing
+
+
+def _perplexity(
+    lm: LoadedModel, task: TaskSpec, rows: TaskRows, variant: Variant, sink: Sink, t0: float
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Held-out loss and perplexity (:mod:`.perplexity`): one value over the whole token stream, so ``n``
+    is the number of scored tokens and there is no per-item standard error."""
+    from tunelens.evaluation.perplexity import heldout_nll
+
+    texts = [render(task.prompt, row) for row in rows.rows]
+    res = heldout_nll(lm.model, lm.tokenizer, texts, seq_len=task.seq_len, max_tokens=task.max_tokens, device=lm.device)
+    seconds = time.perf_counter() - t0
+    sink({"model": lm.name, "variant": variant.name, "task": task.name, **res})
+    base = {"model": lm.name, "variant": variant.name, "task": task.name, "n": res["tokens"], "stderr": None}
+    results = [
+        {**base, "metric": "loss", "value": res["loss"]},
+        {**base, "metric": "perplexity", "value": res["perplexity"]},
+    ]
+    timing = {
+        "variant": variant.name, "task": task.name, "items": res["documents"], "selection": rows.selection,
+        "seconds": round(seconds, 3), "items_per_second": res["documents"] / seconds if seconds > 0 else None,
+        "generated_tokens": 0, "generated_tokens_per_second": None, "chat_template_applied": False,
+        "scored_tokens": res["tokens"],
+    }  # fmt: skip
     return results, timing
 
 

@@ -27,7 +27,7 @@ import yaml
 from tunelens.errors import TunelensError
 from tunelens.evaluation.format_checks import FormatRules
 
-TaskKind = Literal["multiple_choice", "generate", "format"]
+TaskKind = Literal["multiple_choice", "generate", "format", "perplexity"]
 GenMetric = Literal["rouge1", "exact_match"]
 ChoiceStyle = Literal["letters", "text"]
 ChatMode = Literal["auto", "on", "off"]
@@ -57,6 +57,8 @@ class TaskSpec:
     chat_template: ChatMode = "off"
     system: str | None = None  # format tasks: the system prompt (may use {{open_tag}} etc.)
     rules: FormatRules = field(default_factory=FormatRules)
+    seq_len: int = 256  # perplexity tasks: row length of the scored token stream
+    max_tokens: int = 2048  # perplexity tasks: score the first this-many next-token targets
     source: str = ""  # where the definition came from (recorded in results.json)
 
     def __post_init__(self) -> None:
@@ -76,6 +78,8 @@ class TaskSpec:
             raise TunelensError(f"task {self.name}: a generate task needs `metric` and `reference`")
         if self.kind == "format" and self.system is None:
             raise TunelensError(f"task {self.name}: a format task needs a `system` prompt")
+        if self.kind == "perplexity" and (self.seq_len < 2 or self.max_tokens < 1 or self.num_fewshot):
+            raise TunelensError(f"task {self.name}: a perplexity task needs seq_len >= 2, max_tokens >= 1, no few-shot")
         if self.num_fewshot > 0 and self.fewshot_data is None:
             raise TunelensError(f"task {self.name}: {self.num_fewshot}-shot needs a few-shot pool (`fewshot_data`)")
 

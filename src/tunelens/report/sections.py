@@ -226,6 +226,9 @@ def _eval_rows(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+LOSS_METRICS = ("loss", "perplexity")
+
+
 def sweep_anchors(folder: Path, labels: set[str], have: set[float]) -> list[tuple[float, str]]:
     """Points of the λ sweep that other entries of the study already evaluated (from ``study.json``):
     λ = 0 is the base, λ = 1 the swept fine-tune itself (θ_pre + τ equals it up to float32 rounding),
@@ -262,7 +265,8 @@ def evaluation(folder: Path) -> Section | None:
     body += "<p>n and standard errors: <code>evaluate/*/results.json</code>; samples: <code>samples.jsonl</code>.</p>"
     first: dict[str, tuple[str, str]] = {}
     for t, m in cols:
-        first.setdefault(t, (t, m))
+        if m not in LOSS_METRICS:  # scores in [0, 1] share the bars; held-out losses stay in the table
+            first.setdefault(t, (t, m))
     main_cols = list(first.values())
     series = {lab: [v(lab, c) for c in main_cols] for lab in labels if not lab.startswith("sweep-")}
     title = "evaluation of base, fine-tuned and edited models"
@@ -292,7 +296,8 @@ def evaluation(folder: Path) -> Section | None:
     definition = (
         "acc / acc_norm: log-likelihood multiple choice as lm-evaluation-harness defines them (acc_norm by byte "
         "length); rouge1: ROUGE-1 F-measure (rouge-score); compliance: share of outputs obeying the three "
-        "system-prompt rules; exact_match: final number equal. n and standard errors in results.json. "
+        "system-prompt rules; exact_match: final number equal; loss / perplexity: held-out next-token cross-entropy "
+        "(nats, n = scored tokens) and its exp, in the table only. n and standard errors in results.json. "
         "λ sweep: the sweep's own scales, plus λ = 0 (the base), 1 (the swept fine-tune itself) and −1 (an edit "
         "of the base by −τ) where the study evaluated those as models or edits."
     )

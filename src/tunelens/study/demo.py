@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from tunelens.study.config import StudyConfig
 
@@ -16,6 +20,32 @@ if TYPE_CHECKING:
 DEMO_TASKS = ("hpo_term", "format_hpo", "champ_answer", "code_line")
 
 
+def heldout_tasks(zoo: Zoo) -> list[Path]:
+    """``kind: perplexity`` tasks on each domain's held-out corpus, with the zoo's own held-out loss settings
+    (``seq_len``, ``eval_tokens``), so the base's and fine-tunes' values equal zoo.json's; written next to
+    the zoo's tasks (deterministic files, rewritten only when their content changes)."""
+    spec = json.loads(zoo.manifest.read_text())["spec"]
+    out = []
+    for domain, corpus in zoo.corpus.items():
+        task = {
+            "name": f"heldout_{domain}",
+            "kind": "perplexity",
+            "data": str(corpus),
+            "prompt": "{{ text }}",
+            "seq_len": int(spec["seq_len"]),
+            "max_tokens": int(spec["eval_tokens"]),
+            "description": f"held-out {domain} documents of the zoo (never trained on): loss and perplexity",
+        }
+        path = zoo.root / "tasks" / f"heldout_{domain}.yaml"
+        text = yaml.safe_dump(task, sort_keys=False)
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        out.append(path)
+    return out
+
+
 def demo_config(zoo: Zoo, *, limit: int | None = 40, sweep: tuple[float, ...] = (0.5, 1.5)) -> StudyConfig:
     """Negation of each domain vector from the base (the paper's "(−)T" as task arithmetic, θ_pre − τ),
     the addition of the first two domains' vectors (paper Fig. 4), and a λ sweep of the first domain.
@@ -24,6 +54,7 @@ def demo_config(zoo: Zoo, *, limit: int | None = 40, sweep: tuple[float, ...] = 
     fine-tune and λ = −1 its negation, all already in the study."""
     domains = list(zoo.tuned)
     tasks = [str(path) for name, path in zoo.tasks.items() if name in DEMO_TASKS]
+    tasks += [str(path) for path in heldout_tasks(zoo)]
     data: dict[str, Any] = {
         "title": f"tunelens demo: {zoo.root.name}",
         "base": "base",

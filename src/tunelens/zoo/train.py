@@ -201,36 +201,10 @@ def fine_tune(
     )
 
 
-@torch.inference_mode()
 def heldout_loss(model: Any, tokenizer: Any, items: list[Item], *, seq_len: int, max_tokens: int) -> dict[str, Any]:
-    """Mean next-token cross-entropy over the first ``max_tokens`` targets (module docstring)."""
-    stream: list[int] = []
-    docs = 0
-    for it in items:
-        if len(stream) > max_tokens:
-            break
-        stream += tokenizer(it.text, add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            stream.append(int(tokenizer.eos_token_id))
-        docs += 1
-    model.eval()
-    total = 0.0
-    count = 0
-    pos = 0
-    while count < max_tokens and pos + 1 < len(stream):
-        chunk = stream[pos : pos + seq_len]
-        want = min(len(chunk) - 1, max_tokens - count)
-        ids = torch.tensor([chunk[: want + 1]], dtype=torch.long)
-        logits = model(input_ids=ids).logits[0, :-1]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
-        total += float(nll.double().sum())
-        count += want
-        pos += seq_len - 1
-    return {
-        "loss": total / max(1, count),
-        "tokens": count,
-        "documents": docs,
-        "definition": "mean next-token cross-entropy (nats) over the first `tokens` targets of the held-out "
-        "documents (text + EOS, concatenated, rows of seq_len overlapping by one token, no BOS), float64 sum",
-    }
+    """Mean next-token cross-entropy over the first ``max_tokens`` targets
+    (:func:`tunelens.evaluation.perplexity.heldout_nll`, the same numbers as an evaluate perplexity task)."""
+    from tunelens.evaluation.perplexity import heldout_nll
+
+    res = heldout_nll(model, tokenizer, [it.text for it in items], seq_len=seq_len, max_tokens=max_tokens)
+    return {k: res[k] for k in ("loss", "tokens", "documents", "definition")}
