@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -97,12 +98,23 @@ def main(folder: Path) -> None:
         f" → {d}-negated {fmt(get(d + '-negated', task, metric))}"
         for d, task, metric in neg
     ]
+    domains = [d for d in ("medical", "math", "code") if not math.isnan(get("base", f"heldout_{d}", "loss"))]
+    cells += [
+        f"held-out {d} loss: base {fmt(get('base', f'heldout_{d}', 'loss'))} → {d} "
+        f"{fmt(get(d, f'heldout_{d}', 'loss'))} → {d}-negated {fmt(get(d + '-negated', f'heldout_{d}', 'loss'))}"
+        for d in domains
+    ]
+    worse = sum(get(d + "-negated", f"heldout_{d}", "loss") > get("base", f"heldout_{d}", "loss") for d in domains)
     below = sum(get(d + "-negated", t, m) < get("base", t, m) for d, t, m in neg)
     back = sum(get(d + "-negated", t, m) < get(d, t, m) for d, t, m in neg)
     rows.append((
         "negation collapses in-domain accuracy and compliance",
         "; ".join(cells) + " (θ_pre − τ; 40 items each)",
-        f"no: {back}/{len(neg)} fall below the fine-tune, {below}/{len(neg)} below the base's",
+        f"in held-out loss yes: above the base's in {worse}/{len(domains)} domains (+"
+        + " / +".join(fmt(get(d + "-negated", f"heldout_{d}", "loss") - get("base", f"heldout_{d}", "loss"))
+                      for d in domains)
+        + f" nats); in the 40-item scores no: {back}/{len(neg)} fall below the fine-tune, {below}/{len(neg)} "
+        "below the base",
     ))  # fmt: skip
     add = "medical+math"
     cells = [
@@ -110,13 +122,21 @@ def main(folder: Path) -> None:
         f"{add} {fmt(get(add, task, metric))}"
         for task, metric in (("hpo_term", "acc"), ("format_hpo", "follow_all"), ("champ_answer", "acc"))
     ]
+    cells += [
+        f"held-out {d} loss: {d} {fmt(get(d, f'heldout_{d}', 'loss'))}, {add} {fmt(get(add, f'heldout_{d}', 'loss'))}"
+        for d in ("medical", "math")
+        if d in domains
+    ]
+    two = [d for d in ("medical", "math") if d in domains]
     own = {"hpo_term": "medical", "format_hpo": "medical", "champ_answer": "math"}
     metric_of = {"hpo_term": "acc", "format_hpo": "follow_all", "champ_answer": "acc"}
     kept = sum(get(add, t, metric_of[t]) >= get(d, t, metric_of[t]) for t, d in own.items())
     rows.append((
         "addition good on both domains",
         "; ".join(cells) + " (θ_pre + τ_medical + τ_math)",
-        f"yes: {kept}/{len(own)} tasks at or above the domain's own fine-tune",
+        f"yes: {kept}/{len(own)} scores at or above the domain's own fine-tune; held-out loss within "
+        + " / ".join(f"{get(add, f'heldout_{d}', 'loss') - get(d, f'heldout_{d}', 'loss'):+.3f}" for d in two)
+        + " nats of it",
     ))  # fmt: skip
     print("| paper's finding | this study measured | holds here? |")
     print("|---|---|---|")

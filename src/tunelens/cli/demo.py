@@ -10,7 +10,7 @@ from tunelens.cli.study import say, summary
 from tunelens.errors import TunelensError
 
 
-@click.command("demo", epilog="Example: tunelens demo -o out/demo   (first run ~22 min on 2 cores; --resume: seconds)")
+@click.command("demo", epilog="Example: tunelens demo -o out/demo   (first run ~27 min on 2 cores; --resume: seconds)")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue or reuse a demo study in OUT.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT (the zoo cache is kept).")

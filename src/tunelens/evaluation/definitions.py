@@ -7,6 +7,11 @@ from typing import Any
 from tunelens.evaluation import exact_match, rouge
 from tunelens.evaluation.metrics import STDERR_DEFINITION
 
+PERPLEXITY_DEFINITION = (
+    "mean next-token cross-entropy (nats) over the first `tokens` targets of the held-out documents (text + EOS, "
+    "concatenated, rows of seq_len overlapping by one token, no BOS), float64 sum; perplexity = exp(loss)"
+)
+
 DEFINITIONS: dict[str, Any] = {
     "loglikelihood": (
         "sum over continuation tokens of log p(token | context, earlier tokens); continuation = "
@@ -38,7 +43,9 @@ DEFINITIONS: dict[str, Any] = {
         "format tasks: 1 if the answer given in the format equals the gold answer (letter, or number after "
         "the exact_match normalisation), 0 when no answer is given"
     ),
-    "value": "mean of the per-item scores over n items (float64)",
+    "loss": "perplexity tasks: " + PERPLEXITY_DEFINITION + "; n = scored tokens, no stderr",
+    "perplexity": "exp(loss)",
+    "value": "mean of the per-item scores over n items (float64); perplexity tasks: the loss over n tokens",
     "stderr": STDERR_DEFINITION,
     "decoding": (
         "greedy (do_sample=False), left-padded batches, stop at an end token, a stop string (text cut "

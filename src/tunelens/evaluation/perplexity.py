@@ -14,10 +14,7 @@ from typing import Any
 
 import torch
 
-DEFINITION = (
-    "mean next-token cross-entropy (nats) over the first `tokens` targets of the held-out documents (text + EOS, "
-    "concatenated, rows of seq_len overlapping by one token, no BOS), float64 sum; perplexity = exp(loss)"
-)
+from tunelens.evaluation.definitions import PERPLEXITY_DEFINITION as DEFINITION
 
 
 @torch.inference_mode()
