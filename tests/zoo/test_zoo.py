@@ -238,3 +238,30 @@ def test_zoo_tasks_run_through_evaluate(zoo: Zoo) -> None:
     assert names == {"hpo_term", "format_hpo", "champ_step", "code_line"}
     metrics = {(r["task"], r["metric"]) for r in res.results}
     assert ("hpo_term", "acc") in metrics and ("format_hpo", "follow_all") in metrics
+
+
+def test_demo_config_on_a_zoo(zoo: Zoo) -> None:
+    """The demo's study config: every tuned domain, held-out loss tasks equal to the zoo's own held-out
+    losses, negations from the base, the addition of the first two domains, the sweep skipping 0/1/−1."""
+    from tunelens.evaluation.model import load_model
+    from tunelens.evaluation.run import AS_LOADED, RunOptions, evaluate_task
+    from tunelens.evaluation.tasks import resolve_task
+    from tunelens.study.demo import demo_config
+
+    cfg = demo_config(zoo)
+    names = [m.name for m in cfg.models]
+    assert names == ["base", *zoo.tuned]
+    heldout = [Path(t) for t in cfg.tasks if Path(t).name.startswith("heldout_")]
+    assert [p.name for p in heldout] == [f"heldout_{d}.yaml" for d in zoo.corpus]
+    assert {e.name for e in cfg.edits} >= {f"{d}-negated" for d in zoo.tuned}
+    assert cfg.sweep is not None and set(cfg.sweep.scales).isdisjoint({0.0, 1.0, -1.0})
+    assert cfg.subspace.tau_spectrum
+    assert demo_config(zoo).tasks == cfg.tasks  # the task files are written once, unchanged on a rerun
+    # the base's held-out loss through evaluate equals the zoo's own measurement (--limit does not apply)
+    lm = load_model(zoo.base, dtype="float32", device="cpu")
+    expected = zoo.info()["heldout_loss"]["base"]
+    for path in heldout:
+        task = resolve_task(str(path))
+        rows, _ = evaluate_task(lm, task, AS_LOADED, RunOptions(limit=2), lambda _: None)
+        loss = next(r["value"] for r in rows if r["metric"] == "loss")
+        assert loss == expected[task.name.removeprefix("heldout_")]
