@@ -14,9 +14,10 @@ from typing import Any
 from tunelens import __version__
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+def peak_rss_bytes(who: int = resource.RUSAGE_SELF) -> int:
+    """Peak resident set size of this process so far, or with ``RUSAGE_CHILDREN`` of its largest
+    finished child (Linux reports KiB)."""
+    return int(resource.getrusage(who).ru_maxrss) * 1024
 
 
 class RunClock:
@@ -35,7 +36,7 @@ class RunClock:
             "started_unix": self.started,
             "wall_seconds": round(time.perf_counter() - self._t0, 3),
             "peak_rss_bytes": peak_rss_bytes(),
-            "peak_rss_children_bytes": int(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024,
+            "peak_rss_children_bytes": peak_rss_bytes(resource.RUSAGE_CHILDREN),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "inputs": inputs,

@@ -226,8 +226,9 @@ def apply_recipe(
                 )  # fmt: skip
             finally:
                 work.close()
-            for p in planned:
-                writer.mark_written(p.name)
+            for job_targets in work.targets.values():  # every job finished: what each was given is written
+                for target in job_targets:
+                    writer.mark_written(target.planned.name)
         copy_side_files(plan.target.path, tmp, dtype=recipe.dtype)
         meta = _metadata(plan, edited, clock)
         write_json(tmp / VECTOR_META, meta)

@@ -1,4 +1,4 @@
-"""Output folders that appear whole or not at all.
+"""Output folders (and small files) that appear whole or not at all.
 
 Everything is written under ``<DIR>.tmp-<pid>`` beside the target and renamed at the end, so an
 interrupted run (Ctrl-C, a full disk, a crash) never leaves a folder that looks complete. An
@@ -24,6 +24,13 @@ def check_target(path: Path, force: bool) -> None:
         raise TunelensError(f"{path} already exists; pass --force to replace it")
     if path.exists() and not path.is_dir():
         raise TunelensError(f"{path} exists and is not a folder")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary name beside it and one rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 @contextmanager

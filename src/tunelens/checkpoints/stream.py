@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from io import FileIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
@@ -100,35 +100,52 @@ def to_out_in(t: torch.Tensor, part: Part) -> torch.Tensor:
     return t.T if t.dim() == 2 and part.layout == "in_out" else t
 
 
-class ReaderPool:
-    """One :class:`TensorReader` per worker thread; :meth:`close` closes them all."""
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closable)
+
+
+class _PerThread(Generic[C]):
+    """One object per worker thread, made on first use; :meth:`close` closes them all. Pickles as an
+    empty pool: open files and buffers never travel, a worker that unpickles one starts afresh."""
 
     def __init__(self) -> None:
         self._local = threading.local()
-        self._all: list[TensorReader] = []
+        self._all: list[C] = []
         self._lock = threading.Lock()
 
-    def get(self) -> TensorReader:
-        reader: TensorReader | None = getattr(self._local, "reader", None)
-        if reader is None:
-            reader = TensorReader()
-            self._local.reader = reader
+    def _new(self) -> C:
+        raise NotImplementedError
+
+    def get(self) -> C:
+        mine: C | None = getattr(self._local, "obj", None)
+        if mine is None:
+            mine = self._local.obj = self._new()
             with self._lock:
-                self._all.append(reader)
-        return reader
+                self._all.append(mine)
+        return mine
 
     def close(self) -> None:
         with self._lock:
-            for r in self._all:
-                r.close()
+            for obj in self._all:
+                obj.close()
             self._all.clear()
         self._local = threading.local()
 
     def __getstate__(self) -> dict[str, object]:
-        return {}  # open files never travel: a worker that unpickles a pool starts an empty one
+        return {}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__init__()  # type: ignore[misc]
+
+
+class ReaderPool(_PerThread[TensorReader]):
+    """One :class:`TensorReader` per worker thread."""
+
+    def _new(self) -> TensorReader:
+        return TensorReader()
 
 
 class Scratch:
@@ -168,31 +185,8 @@ class Scratch:
         self._bufs.clear()
 
 
-class ScratchPool:
-    """One :class:`Scratch` per worker thread (like :class:`ReaderPool`); pickles as an empty pool."""
+class ScratchPool(_PerThread[Scratch]):
+    """One :class:`Scratch` per worker thread."""
 
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._all: list[Scratch] = []
-        self._lock = threading.Lock()
-
-    def get(self) -> Scratch:
-        mine: Scratch | None = getattr(self._local, "scratch", None)
-        if mine is None:
-            mine = self._local.scratch = Scratch()
-            with self._lock:
-                self._all.append(mine)
-        return mine
-
-    def close(self) -> None:
-        with self._lock:
-            for sc in self._all:
-                sc.close()
-            self._all.clear()
-        self._local = threading.local()
-
-    def __getstate__(self) -> dict[str, object]:
-        return {}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__()  # type: ignore[misc]
+    def _new(self) -> Scratch:
+        return Scratch()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tunelens.checkpoints.output import write_text_atomic
 from tunelens.study.config import StudyConfig
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ def heldout_tasks(zoo: Zoo) -> list[Path]:
     """``kind: perplexity`` tasks on each domain's held-out corpus, with the zoo's own held-out loss settings
     (``seq_len``, ``eval_tokens``), so the base's and fine-tunes' values equal zoo.json's; written next to
     the zoo's tasks (deterministic files, rewritten only when their content changes)."""
-    spec = json.loads(zoo.manifest.read_text())["spec"]
+    spec = zoo.info()["spec"]
     out = []
     for domain, corpus in zoo.corpus.items():
         task = {
@@ -39,9 +39,7 @@ def heldout_tasks(zoo: Zoo) -> list[Path]:
         path = zoo.root / "tasks" / f"heldout_{domain}.yaml"
         text = yaml.safe_dump(task, sort_keys=False)
         if not path.exists() or path.read_text() != text:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            write_text_atomic(path, text)
         out.append(path)
     return out
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelens import __version__
+from tunelens.checkpoints.output import write_text_atomic
 from tunelens.config import ReadOptions, Selection
 from tunelens.errors import TunelensError
 from tunelens.study.config import Edit, StudyConfig
@@ -53,9 +53,7 @@ def _fingerprint(path: Path) -> str:
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(state, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def edit_spec(cfg: StudyConfig, edit: Edit, vectors: Path) -> tuple[Path, list[str]]:

@@ -64,8 +64,8 @@ def write_vector(
                 run_stage(list(alignment.tensors), work, options, desc="vector", weight=lambda j: j.base.nbytes * 2)
             finally:
                 work.close()
-            for j in alignment.tensors:
-                writer.mark_written(j.name)
+            for name in work.targets:  # every job finished: its tensor is written
+                writer.mark_written(name)
         shutil.copy2(base.path / "config.json", tmp / "config.json")
         meta: dict[str, Any] = {
             "kind": "tuning_vector",

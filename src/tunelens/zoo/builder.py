@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelens import __version__
-from tunelens.checkpoints.output import atomic_dir
+from tunelens.checkpoints.output import atomic_dir, write_text_atomic
 from tunelens.provenance import peak_rss_bytes
 from tunelens.zoo import Zoo, ZooSpec, cache_root
 from tunelens.zoo.convert import LICENSE, card_ok, write_card
@@ -209,9 +209,7 @@ class _Builder:
         model, tok = self._load(base)
         loss = {d: self._loss(model, tok, d) for d in self.spec.domains}
         del model
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"key": key, "loss": loss}, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps({"key": key, "loss": loss}, indent=1) + "\n")
         self.timed("base_loss", t0, True)
         return loss
 
@@ -423,9 +421,7 @@ def _build(spec: ZooSpec, root: Path, quiet: bool, force: bool, t0: float) -> Zo
             "versions": _versions(),
         },
     }
-    tmp = root / f".zoo.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    os.replace(tmp, root / "zoo.json")
+    write_text_atomic(root / "zoo.json", json.dumps(info, indent=1) + "\n")
     _say(quiet, f"zoo ready in {root} ({info['build']['wall_seconds']} s)")
     return Zoo(root=root, base=base, tuned=tuned, tasks=tasks, corpus=corpus)
 
