@@ -123,3 +123,19 @@ def test_quiet_in_a_fresh_process(inputs: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
     _match(res.stdout, lines)
+
+
+@pytest.mark.slow  # builds the tiny zoo (trains for seconds) and runs the whole demo study: minutes on 2 cores
+def test_demo_quiet_in_a_fresh_process(tmp_path: Path) -> None:
+    """``demo`` loads, trains and saves models (save_pretrained's 'Writing model shards' bars too)."""
+    out = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TUNELENS_CACHE": str(tmp_path / "cache")}
+    cmd = ["demo", "--tiny", "-o", str(out), "--cache-dir", str(tmp_path / "zoo"), "-q"]
+    res = subprocess.run(
+        [sys.executable, "-m", "tunelens", *cmd], capture_output=True, text=True, env=env, timeout=1800
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+    _match(
+        res.stdout, [r"\d+ stage\(s\), 0 reused; wrote " + re.escape(str(out)), re.escape(f"report: {out}/report.html")]
+    )
