@@ -7,12 +7,14 @@ code, no network), in eval mode, on ``device``.
 Memory: no second copy of the weights. transformers 5 builds the model on the meta device and, when
 the requested dtype is the stored one, makes each parameter a view of a private (copy-on-write)
 memory map of its shard. Loading copies nothing; a forward pass reads each page once from the page
-cache, and the process then holds the weights once, as file-backed pages (peak RSS ≈ the weights'
-bytes + activations + ~0.4 GB of Python and torch; ``bench/bench_scale.py --part forward`` measures
-it on an 8B-shaped bf16 checkpoint). An in-place edit of the weights (``evaluate --apply``) copies only
-the pages it writes; the files themselves are never written (``MAP_PRIVATE``). Another dtype converts
-each tensor once: float32 from bf16 stores twice the bytes, and bf16 weights are never upcast when
-bf16 is asked for. ``tests/checkpoints/test_causal_lm.py`` checks both against ``/proc/self/maps``.
+cache, and the process then holds the weights once, as file-backed pages: peak RSS ≈ the weights'
+bytes + activations + ~0.4 GB of Python and torch, or less where memory is short (the kernel may drop
+clean pages under memory pressure and read them again on use: slower, not fatal). ``bench/bench_scale.py
+--part forward`` measures it on an 8B-shaped bf16 checkpoint. An in-place edit of the weights
+(``evaluate --apply``) copies only the pages it writes; the files themselves are never written
+(``MAP_PRIVATE``). Another dtype converts each tensor once: float32 from bf16 stores twice the bytes,
+and bf16 weights are never upcast when bf16 is asked for. ``tests/checkpoints/test_causal_lm.py``
+checks both against ``/proc/self/maps``.
 
 A weight the model needs but the checkpoint lacks is an error here: transformers would initialise it
 at random and only log a warning, and every number computed from that model would be wrong.
