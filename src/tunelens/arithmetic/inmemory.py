@@ -22,6 +22,7 @@ including one raised half-way through applying the edit.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,10 +34,11 @@ from tunelens.arithmetic.spec import Term, VectorSpec
 from tunelens.checkpoints.align import AlignedTensor, align
 from tunelens.checkpoints.architectures import Component
 from tunelens.checkpoints.index import Checkpoint, TensorInfo
-from tunelens.checkpoints.stream import ReaderPool, TensorReader
+from tunelens.checkpoints.stream import TensorReader
 from tunelens.config import ReadOptions, Selection
 from tunelens.errors import TunelensError
 from tunelens.jobs import iter_jobs
+from tunelens.vectors.source import TauSource, require_finite
 
 
 @dataclass
@@ -105,16 +107,17 @@ def edited(
         seen.add(key)
         jobs.append((job, target, per_part))
     backups: list[_Backup] = []
-    pool = ReaderPool()
+    source = TauSource(alignment, options.allow_nonfinite)
 
     def edit(item: tuple[AlignedTensor, torch.Tensor, list[list[float]]]) -> _Backup:
         job, target, per_part = item
-        reader = pool.get()
-        stored = reader.read(job.base)
+        stored = source.readers.get().read(job.base)
         current = target.detach()
         same = stored.dtype == current.dtype and torch.equal(_bits(stored), _bits(current.cpu()))
         backup = _Backup(target, job.base if same else None, None if same else current.to("cpu", copy=True))
-        new = _edited_value(reader, job, current, stored, per_part, sources)
+        new = _edited_value(source, job, current, stored, per_part)
+        if not require_finite(new, f"the edit of {job.name}", allow=source.allow_nonfinite):
+            warnings.warn(f"the edit of {job.name} holds NaN/Inf values (--allow-nonfinite)", stacklevel=2)
         with torch.no_grad():
             target.copy_(new.to(device=target.device, dtype=target.dtype))
         return backup
@@ -127,30 +130,23 @@ def edited(
         yield model
     finally:
         try:
-            _restore(backups, pool.get())
+            _restore(backups, source.readers.get())
         finally:
-            pool.close()
+            source.close()
 
 
 def _edited_value(
-    reader: TensorReader,
-    job: AlignedTensor,
-    current: torch.Tensor,
-    stored: torch.Tensor,
-    per_part: list[list[float]],
-    sources: list[Checkpoint],
+    source: TauSource, job: AlignedTensor, current: torch.Tensor, stored: torch.Tensor, per_part: list[list[float]]
 ) -> torch.Tensor:
+    """``float32(current) + Σ λ_i τ_i`` on the rows the plan keeps (τ against the base's ``stored`` bytes)."""
     out = current.to("cpu", dtype=torch.float32, copy=True)
-    base_f = stored.float()
-    if job.rows is not None:
-        base_f = base_f[: job.rows]
+    active = [i for i, row in enumerate(per_part) if any(v != 0.0 for v in row)]
+    rows = job.rows if job.rows is not None else (stored.shape[0] if stored.dim() else 1)
+    read = source.read(job, models=active, base=stored[:rows] if stored.dim() else stored)
     taus: dict[int, torch.Tensor] = {}
-    for i, (ck, info) in enumerate(zip(sources, job.others, strict=True)):
-        if any(v != 0.0 for v in per_part[i]):
-            tau = reader.read_float(info)
-            if job.rows is not None:
-                tau = tau[: job.rows]
-            taus[i] = tau.sub_(base_f) if ck.kind == "model" else tau
+    for i in active:
+        tau = read.tau(i)
+        taus[i] = tau if tau is not None else torch.zeros(read.stop - read.start, *job.base.shape[1:])
     update = tensor_update(job, per_part, taus)
     add_update(out if job.rows is None else out[: job.rows], update, job, per_part)
     return out

@@ -9,6 +9,7 @@ this I/O-bound pass (``bench/``). Pickle checkpoints (``--allow-pickle``) go thr
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from io import FileIO
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -86,6 +87,20 @@ class TensorReader:
             self._pickles[info.file] = state
         t: torch.Tensor = state[info.name].clone()
         return t
+
+
+def row_block(info: TensorInfo, start: int, stop: int) -> TensorInfo | None:
+    """The rows ``[start, stop)`` of a safetensors tensor as a tensor of their own (its bytes are one
+    contiguous range); None when the storage cannot address rows (pickle)."""
+    if info.begin < 0 or not info.shape:
+        return None
+    row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
+    return replace(
+        info,
+        shape=(stop - start, *info.shape[1:]),
+        begin=info.begin + start * row_bytes,
+        end=info.begin + stop * row_bytes,
+    )
 
 
 def select_part(t: torch.Tensor, part: Part) -> torch.Tensor:

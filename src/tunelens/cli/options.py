@@ -68,6 +68,11 @@ def read_options(fn: F) -> F:
                 show_default=True,
                 help="Tensors in flight.",
             ),
+            click.option(
+                "--allow-nonfinite",
+                is_flag=True,
+                help="Analyse inputs holding NaN/Inf instead of stopping (every affected number is null).",
+            ),
             click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables."),
             *EXECUTOR_OPTIONS,
         ]
@@ -101,6 +106,7 @@ def make_read_options(kw: dict[str, Any]) -> Any:
         vocab=kw.pop("vocab"),
         missing=kw.pop("missing"),
         allow_pickle=kw.pop("allow_pickle"),
+        allow_nonfinite=kw.pop("allow_nonfinite"),
         workers=kw.pop("workers"),
         quiet=kw.pop("quiet"),
         **executor_kwargs(kw),

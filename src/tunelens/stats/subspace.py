@@ -27,7 +27,7 @@ from tunelens.checkpoints.align import AlignedTensor, Alignment, align
 from tunelens.checkpoints.architectures import Component
 from tunelens.checkpoints.index import Checkpoint
 from tunelens.checkpoints.naming import ArchInfo, Part
-from tunelens.checkpoints.stream import ReaderPool, TensorReader, select_part, to_out_in
+from tunelens.checkpoints.stream import select_part, to_out_in
 from tunelens.config import ReadOptions, Selection
 from tunelens.errors import TunelensError
 from tunelens.jobs import run_stage
@@ -41,6 +41,7 @@ from tunelens.stats.subspace_basis import (
     decompose,
     resolve_method,
 )
+from tunelens.vectors.source import NONFINITE_HINT, TauSource, require_finite
 
 SSA_COMPONENTS: tuple[Component, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -206,21 +207,6 @@ def _part_shape(stored: tuple[int, ...], part: Part) -> tuple[int, int]:
     return (cols, rows) if part.layout == "in_out" else (rows, cols)
 
 
-def read_with_digest(
-    reader: TensorReader, alignment: Alignment, job: AlignedTensor, hashed: bool
-) -> tuple[torch.Tensor, list[torch.Tensor], str]:
-    """Like :func:`~tunelens.vectors.tuning_vector.read_aligned` (no vocab crop: SSA never reads
-    embeddings), plus the sha256 of the base tensor's stored bytes when ``hashed``."""
-    raw = reader.read(job.base)
-    digest = content_hash(raw) if hashed else ""
-    base = raw if raw.dtype == torch.float32 else raw.float()
-    taus: list[torch.Tensor] = []
-    for ck, info in zip(alignment.others, job.others, strict=True):
-        t = reader.read_float(info)
-        taus.append(t if ck.kind == "vector" else t.sub_(base))
-    return base, taus, digest
-
-
 def load_or_build(
     slices: list[torch.Tensor], key: BasisKey, cache: BasisCache, method: Method, stats: PassStats, name: str
 ) -> list[Basis]:
@@ -240,11 +226,25 @@ def load_or_build(
 
 
 def analyse_tensor(
-    reader: TensorReader, alignment: Alignment, job: AlignedTensor, plans: tuple[PartPlan, ...], opts: SubspaceOptions
+    source: TauSource, job: AlignedTensor, plans: tuple[PartPlan, ...], opts: SubspaceOptions
 ) -> tuple[list[dict[str, Any]], PassStats]:
     """Rows (one per model × part [× head] × criterion) of one aligned tensor, and its counters."""
     stats = PassStats()
-    base, taus, digest = read_with_digest(reader, alignment, job, opts.cache.folder is not None)
+    alignment = source.alignment
+    read = source.read(job)
+    assert read.base is not None
+    digest = content_hash(read.base) if opts.cache.folder is not None else ""
+    base = read.base_float()
+    what = f"{alignment.base.name}'s {job.name}"
+    if not require_finite(base, what, allow=source.allow_nonfinite):
+        return _undefined_rows(alignment, job, plans, opts), stats
+    taus: list[torch.Tensor] = []
+    for i in range(len(job.terms)):
+        tau = read.tau(i)
+        taus.append(torch.zeros_like(base) if tau is None else tau)
+    for t, ck in zip(taus, alignment.others, strict=True):
+        if not source.allow_nonfinite and not bool(torch.isfinite(t).all()):
+            raise TunelensError(source.nonfinite(job, f"tau of {ck.name}") + f"; {NONFINITE_HINT}")
     names = [ck.name for ck in alignment.others]
     rows: list[dict[str, Any]] = []
     for plan in plans:
@@ -289,16 +289,18 @@ def _rows(
     rows_n, cols_n = tau.shape[0], tau.shape[1]
     ks = [c.k(basis.S) for c in opts.criteria]
     tau_sq, left, right, both = share_curves(basis, tau, max(ks))
-    erank, top_share = tau_spectrum(tau, opts.tau_rank) if opts.tau_spectrum else (math.nan, math.nan)
+    defined = math.isfinite(tau_sq)  # False only for a NaN/Inf τ under --allow-nonfinite
+    spectrum = opts.tau_spectrum and defined
+    erank, top_share = tau_spectrum(tau, opts.tau_rank) if spectrum else (math.nan, math.nan)
     s2 = basis.S.square()
     total = float(s2.sum())
     out = []
     for crit, k in zip(opts.criteria, ks, strict=True):
         bl, br, bb = baselines(k, rows_n, cols_n)
-        if tau_sq > 0 and k > 0:
+        if defined and tau_sq > 0 and k > 0:
             sl, sr, sb = (float(c[k - 1]) / tau_sq for c in (left, right, both))
         else:
-            sl = sr = sb = math.nan if tau_sq == 0 else 0.0
+            sl = sr = sb = 0.0 if defined and tau_sq > 0 else math.nan
         out.append(
             {
                 "model": model, "tensor": part.tensor, "layer": "" if part.layer is None else part.layer,
@@ -312,6 +314,30 @@ def _rows(
                 "tau_top_r_share": top_share, "method": basis.method,
             }
         )  # fmt: skip
+    return out
+
+
+def _undefined_rows(
+    alignment: Alignment, job: AlignedTensor, plans: tuple[PartPlan, ...], opts: SubspaceOptions
+) -> list[dict[str, Any]]:
+    """Rows of a tensor whose base holds NaN/Inf (under --allow-nonfinite): no basis, every number null."""
+    nan = math.nan
+    out = []
+    for plan in plans:
+        part = plan.part
+        rows_n, cols_n = _part_shape(job.base.shape, part)
+        for ck in alignment.others:
+            for crit in opts.criteria:
+                out.append(
+                    {
+                        "model": ck.name, "tensor": part.tensor, "layer": "" if part.layer is None else part.layer,
+                        "component": part.component, "head": "", "rows": rows_n, "cols": cols_n, "k": "",
+                        "energy": nan, "share_left": nan, "share_right": nan, "share_both": nan,
+                        "baseline_left": nan, "baseline_right": nan, "baseline_both": nan, "criterion": crit.label,
+                        "ratio_left": nan, "ratio_right": nan, "ratio_both": nan, "tau_norm": nan,
+                        "tau_effective_rank": nan, "tau_top_r": "", "tau_top_r_share": nan, "method": "",
+                    }
+                )  # fmt: skip
     return out
 
 
@@ -332,16 +358,15 @@ class SubspacePass:
 class SubspaceWork:
     """The per-tensor job of ``subspace``: picklable (plan, options and cache folder only)."""
 
-    alignment: Alignment
+    source: TauSource
     plans: dict[str, tuple[PartPlan, ...]]
     opts: SubspaceOptions
-    readers: ReaderPool = field(default_factory=ReaderPool)
 
     def __call__(self, job: AlignedTensor) -> tuple[list[dict[str, Any]], PassStats]:
-        return analyse_tensor(self.readers.get(), self.alignment, job, self.plans[job.name], self.opts)
+        return analyse_tensor(self.source, job, self.plans[job.name], self.opts)
 
     def close(self) -> None:
-        self.readers.close()
+        self.source.close()
 
 
 def subspace_pass(alignment: Alignment, selection: Selection, read: ReadOptions, opts: SubspaceOptions) -> SubspacePass:
@@ -351,7 +376,7 @@ def subspace_pass(alignment: Alignment, selection: Selection, read: ReadOptions,
         raise TunelensError("no 2-D q/k/v/o/gate/up/down weights selected: nothing to analyse")
     jobs = [j for j in alignment.tensors if j.name in plans]
     n = len(alignment.others)
-    work = SubspaceWork(alignment, plans, opts)
+    work = SubspaceWork(TauSource(alignment, read.allow_nonfinite), plans, opts)
     try:
         results = run_stage(jobs, work, read, desc="subspace", weight=lambda j: j.base.nbytes * (1 + n))
     finally:
