@@ -171,3 +171,16 @@ def part_sums_device(
         if i != j:
             cross_sq[i][j] = cross_sq[j][i] = q
     return _spread(a.numel(), host[0], base_dot, cross, cross_sq, present, len(others))
+
+
+def lowrank_sums(base: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> Sums:
+    """:class:`Sums` of one part for a single τ = L R given by its factors (``base`` W ``[out, in]``,
+    ``L [out, r]``, ``R [r, in]``), never forming τ: ``⟨W, τ⟩ = Σ (LᵀW) ∘ R`` (float32 products, float64
+    sum) and ``‖τ‖² = Σ (LᵀL) ∘ (RRᵀ)`` (float64); ``‖W‖²`` as in :func:`part_sums`."""
+    f64 = torch.float64
+    w = base.float()
+    base_sq = part_sums(base, [None]).base_sq
+    dot = float(torch.sum((left.T @ w) * right, dtype=f64))
+    lf, rf = left.to(f64), right.to(f64)
+    tau_sq = float(((lf.T @ lf) * (rf @ rf.T)).sum())
+    return Sums(w.numel(), base_sq, (dot,), ((tau_sq,),), ((0.0,),))

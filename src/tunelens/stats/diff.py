@@ -21,7 +21,7 @@ from tunelens.checkpoints.stream import select_part
 from tunelens.config import ReadOptions, Selection, check_device
 from tunelens.errors import TunelensError
 from tunelens.jobs import run_stage
-from tunelens.stats.accumulate import Sums, part_sums, part_sums_device, single_threaded
+from tunelens.stats.accumulate import Sums, lowrank_sums, part_sums, part_sums_device, single_threaded
 from tunelens.stats.similarity import metrics, random_std, signflip_std, vector_cosine
 from tunelens.vectors.source import NONFINITE_HINT, TauSource
 
@@ -64,11 +64,14 @@ class DiffWork:
         assert read.base is not None
         null = len(job.terms) > 1
         # per model: the stored fine-tune (τ formed chunk by chunk), a stored or multiplied-out τ, or None (τ = 0)
+        factored = len(job.terms) == 1 and read.factors[0] is not None and read.raw[0] is None
         srcs: list[tuple[torch.Tensor, bool] | None] = []
         for i, term in enumerate(job.terms):
             raw = read.raw[i]
             if term.lowrank is None and raw is not None:
                 srcs.append((raw, term.full is None))
+            elif factored:
+                srcs.append(None)
             else:
                 tau = read.tau(i)
                 srcs.append(None if tau is None else (tau, True))
@@ -76,10 +79,14 @@ class DiffWork:
         for part in job.parts:
             if self.selection.keeps(part.layer, part.component):
                 w = select_part(read.base, part)
-                parts = [None if s is None else (select_part(s[0], part), s[1]) for s in srcs]
-                if self.device == "cpu":
+                factors = read.part_factors(0, part) if factored else None
+                if factors is not None:  # one adapter: its norms and ⟨W, τ⟩ from the factors, τ never formed
+                    sums = lowrank_sums(read.part(read.base, part), *factors)
+                elif self.device == "cpu":
+                    parts = [None if s is None else (select_part(s[0], part), s[1]) for s in srcs]
                     sums = part_sums(w, parts, null=null)
                 else:
+                    parts = [None if s is None else (select_part(s[0], part), s[1]) for s in srcs]
                     sums = part_sums_device(w, parts, null=null, device=self.device)
                 if not sums.finite() and not self.source.allow_nonfinite:
                     raise TunelensError(self.source.nonfinite(job, "the weight sums") + f"; {NONFINITE_HINT}")

@@ -45,6 +45,9 @@ from tunelens.vectors.source import NONFINITE_HINT, TauSource, require_finite
 
 SSA_COMPONENTS: tuple[Component, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 
+#: τ of one analysed part, ``[out, in]``: dense, or the factors ``(L [out, r], R [r, in])`` of ``L R``
+TauPart = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
 SUBSPACE_COLUMNS = (
     "model", "tensor", "layer", "component", "head", "rows", "cols", "k", "energy",
     "share_left", "share_right", "share_both", "baseline_left", "baseline_right", "baseline_both",
@@ -99,6 +102,41 @@ def share_curves(basis: Basis, tau: torch.Tensor, kmax: int) -> tuple[float, tor
     return tau_sq, left, right, both
 
 
+def share_curves_lowrank(
+    basis: Basis, left: torch.Tensor, right: torch.Tensor, kmax: int
+) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`share_curves` of ``τ = L R`` (``L [out, r]``, ``R [r, in]``) from its factors, in float64.
+
+    ``‖u_iᵀτ‖² = (u_iᵀL) RRᵀ (Lᵀu_i)``, ``‖τv_j‖² = (Rv_j)ᵀ LᵀL (Rv_j)``, ``U_Kᵀ τ V_K = (U_KᵀL)(R V_K)``:
+    O((out + in)·r·K + r·K²) instead of O(out·in·K) for a dense τ.
+    """
+    f64 = torch.float64
+    lf, rf = left.to(f64), right.to(f64)
+    ltl, rrt = lf.T @ lf, rf @ rf.T  # [r, r]
+    tau_sq = float((ltl * rrt).sum())
+    if kmax == 0:
+        empty = torch.zeros(0, dtype=f64)
+        return tau_sq, empty, empty, empty
+    u, v = basis.U[:, :kmax].to(f64), basis.V[:, :kmax].to(f64)
+    p = u.T @ lf  # [K, r]
+    q = rf @ v  # [r, K]
+    left_c = ((p @ rrt) * p).sum(1).cumsum(0)
+    right_c = ((ltl @ q) * q).sum(0).cumsum(0)
+    b2 = (p @ q).square()  # [K, K] = (U_Kᵀ τ V_K)²
+    both = (b2.tril().sum(1) + b2.triu(1).sum(0)).cumsum(0)
+    return tau_sq, left_c, right_c, both
+
+
+def lowrank_singular_values(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """The singular values (float64, descending) of ``L R`` from its factors: with ``L = Q_L T_L`` and
+    ``Rᵀ = Q_R T_R`` (thin QR), ``L R = Q_L (T_L T_Rᵀ) Q_Rᵀ``, so they are those of the r × r core."""
+    f64 = torch.float64
+    _, tl = torch.linalg.qr(left.to(f64))
+    _, tr = torch.linalg.qr(right.to(f64).T)
+    sv: torch.Tensor = torch.linalg.svdvals(tl @ tr.T)
+    return sv
+
+
 def baselines(k: int, rows: int, cols: int) -> tuple[float, float, float]:
     """Expected shares of an isotropic random τ: ``k/out``, ``k/in``, ``k²/(out·in)``."""
     return k / rows, k / cols, k * k / (rows * cols)
@@ -112,19 +150,25 @@ def random_share_std(p: float, numel: int) -> float:
     return math.sqrt(2.0 * p * (1.0 - p) / (numel + 2))
 
 
-def tau_spectrum(tau: torch.Tensor, top_r: int) -> tuple[float, float]:
-    """``(effective rank, share of ‖τ‖² in τ's own top-r directions)`` from a float64 Gram eigvalsh.
+def tau_spectrum(tau: torch.Tensor | tuple[torch.Tensor, torch.Tensor], top_r: int) -> tuple[float, float]:
+    """``(effective rank, share of ‖τ‖² in τ's own top-r directions)`` from a float64 Gram eigvalsh (or,
+    for factors ``(L, R)``, from :func:`lowrank_singular_values`).
 
     Effective rank (Roy & Vetterli 2007): ``exp(-Σ pᵢ log pᵢ)`` with ``pᵢ = σᵢ / Σσⱼ``; eigenvalues
     below ``λ_max · max(out, in) · eps64`` count as zero.
     """
-    a = tau.to(torch.float64)
-    side = a if a.shape[0] <= a.shape[1] else a.T
-    lam = torch.linalg.eigvalsh(side @ side.T).flip(0)  # descending σ²
+    if isinstance(tau, tuple):
+        lam = lowrank_singular_values(*tau).square()
+        shape = (tau[0].shape[0], tau[1].shape[1])
+    else:
+        a = tau.to(torch.float64)
+        side = a if a.shape[0] <= a.shape[1] else a.T
+        lam = torch.linalg.eigvalsh(side @ side.T).flip(0)  # descending σ²
+        shape = (a.shape[0], a.shape[1])
     lam_max = float(lam[0]) if lam.numel() else 0.0
     if lam_max <= 0.0:
         return math.nan, math.nan
-    lam = torch.where(lam > lam_max * max(a.shape) * torch.finfo(torch.float64).eps, lam, 0.0)
+    lam = torch.where(lam > lam_max * max(shape) * torch.finfo(torch.float64).eps, lam, 0.0)
     sigma = lam.sqrt()
     p = sigma / sigma.sum()
     p = p[p > 0]
@@ -238,23 +282,34 @@ def analyse_tensor(
     what = f"{alignment.base.name}'s {job.name}"
     if not require_finite(base, what, allow=source.allow_nonfinite):
         return _undefined_rows(alignment, job, plans, opts), stats
-    taus: list[torch.Tensor] = []
-    for i in range(len(job.terms)):
-        tau = read.tau(i)
-        taus.append(torch.zeros_like(base) if tau is None else tau)
-    for t, ck in zip(taus, alignment.others, strict=True):
-        if not source.allow_nonfinite and not bool(torch.isfinite(t).all()):
+    # a purely low-rank τ (a LoRA adapter's B A) stays factored: its projections cost O((out + in)·r·k)
+    lowrank = [read.factors[i] is not None and read.raw[i] is None for i in range(len(job.terms))]
+    taus: list[torch.Tensor | None] = []
+    for i, ck in enumerate(alignment.others):
+        tau = None if lowrank[i] else read.tau(i)
+        if tau is None and not lowrank[i]:
+            tau = torch.zeros_like(base)
+        checked = [tau] if tau is not None else list(read.factors[i] or ())
+        if not source.allow_nonfinite and not all(bool(torch.isfinite(t).all()) for t in checked):
             raise TunelensError(source.nonfinite(job, f"tau of {ck.name}") + f"; {NONFINITE_HINT}")
+        taus.append(tau)
     names = [ck.name for ck in alignment.others]
     rows: list[dict[str, Any]] = []
     for plan in plans:
         part = plan.part
         w = to_out_in(select_part(base, part), part).to(opts.device)
-        ts = [to_out_in(select_part(t, part), part).to(opts.device) for t in taus]
+        ts: list[TauPart] = []
+        for i, tau in enumerate(taus):
+            if tau is None:
+                factors = read.part_factors(i, part)
+                assert factors is not None
+                ts.append((factors[0].to(opts.device), factors[1].to(opts.device)))
+            else:
+                ts.append(to_out_in(select_part(tau, part), part).to(opts.device))
         shape = (w.shape[0], w.shape[1])
         part_id = f"{part.dim}:{part.start}:{part.stop}:{part.layout}" if part.fused else f"-:{part.layout}"
         stored = f"{job.base.dtype}:{list(job.base.shape)}"
-        units: list[tuple[int | None, list[torch.Tensor], list[list[torch.Tensor]], str]] = [
+        units: list[tuple[int | None, list[torch.Tensor], list[list[TauPart]], str]] = [
             (None, [w], [[t] for t in ts], "whole")
         ]
         if plan.heads is not None:
@@ -262,7 +317,7 @@ def analyse_tensor(
             n = shape[axis] // size
             cut = [(h * size, size) for h in range(n)]
             units.append(
-                (0, [w.narrow(axis, a, s) for a, s in cut], [[t.narrow(axis, a, s) for a, s in cut] for t in ts],
+                (0, [w.narrow(axis, a, s) for a, s in cut], [[_narrow(t, axis, a, s) for a, s in cut] for t in ts],
                  f"heads:{axis}:{size}")
             )  # fmt: skip
         for head0, slices, tau_slices, slicing in units:
@@ -283,12 +338,23 @@ def analyse_tensor(
     return rows, stats
 
 
+def _narrow(t: TauPart, axis: int, start: int, size: int) -> TauPart:
+    """Rows (axis 0) or columns (axis 1) of a dense τ or of ``L R`` (rows of L, columns of R)."""
+    if isinstance(t, tuple):
+        return (t[0].narrow(0, start, size), t[1]) if axis == 0 else (t[0], t[1].narrow(1, start, size))
+    return t.narrow(axis, start, size)
+
+
 def _rows(
-    model: str, part: Part, head: int | None, basis: Basis, tau: torch.Tensor, opts: SubspaceOptions
+    model: str, part: Part, head: int | None, basis: Basis, tau: TauPart, opts: SubspaceOptions
 ) -> list[dict[str, Any]]:
-    rows_n, cols_n = tau.shape[0], tau.shape[1]
     ks = [c.k(basis.S) for c in opts.criteria]
-    tau_sq, left, right, both = share_curves(basis, tau, max(ks))
+    if isinstance(tau, tuple):
+        rows_n, cols_n = tau[0].shape[0], tau[1].shape[1]
+        tau_sq, left, right, both = share_curves_lowrank(basis, tau[0], tau[1], max(ks))
+    else:
+        rows_n, cols_n = tau.shape[0], tau.shape[1]
+        tau_sq, left, right, both = share_curves(basis, tau, max(ks))
     defined = math.isfinite(tau_sq)  # False only for a NaN/Inf τ under --allow-nonfinite
     spectrum = opts.tau_spectrum and defined
     erank, top_share = tau_spectrum(tau, opts.tau_rank) if spectrum else (math.nan, math.nan)
