@@ -241,7 +241,7 @@ class ApplyWork:
         else:
             msg = f"{self.plan.target.name}'s {name} holds NaN/Inf values (copied unchanged)"
         if not self.source.allow_nonfinite:
-            raise TunelensError(f"{msg}; nothing was written ({NONFINITE_HINT})")
+            raise TunelensError(f"{msg}; nothing was written; {NONFINITE_HINT}")
         warnings.warn(f"{msg}; written as is because of --allow-nonfinite", stacklevel=2)
 
     def close(self) -> None:
