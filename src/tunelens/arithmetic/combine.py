@@ -154,6 +154,23 @@ class Block:
     start: int
     stop: int
 
+    def byte_ranges(self) -> list[tuple[Path, int, int]]:
+        """What this block reads: these rows of the target and of the edit's stored inputs (LoRA factors whole)."""
+        aligned = self.job.aligned
+        rowwise = [self.job.info]
+        whole = []
+        if aligned is not None:
+            rowwise.append(aligned.base)
+            for term in aligned.terms:
+                rowwise += [t for t in (term.full, term.stored) if t is not None]
+                whole += [term.lowrank.a, term.lowrank.b] if term.lowrank is not None else []
+        out = []
+        for info in rowwise:
+            rows = info if len(info.shape) < 2 else row_block(info, self.start, min(self.stop, info.shape[0]))
+            if rows is not None and rows.begin >= 0 and rows.end > rows.begin:
+                out.append((rows.file, rows.begin, rows.end))
+        return out + [(t.file, t.begin, t.end) for t in whole if t.begin >= 0]
+
     @property
     def nbytes(self) -> int:
         """Stored bytes of these rows of the target."""
@@ -271,8 +288,9 @@ def apply_recipe(
             )
             try:
                 edited_blocks = run_stage(
-                    blocks, work, options, desc="apply", weight=lambda b: b.nbytes * (1 + len(plan.sources))
-                )
+                    blocks, work, options, desc="apply", weight=lambda b: b.nbytes * (1 + len(plan.sources)),
+                    ranges=Block.byte_ranges,
+                )  # fmt: skip
             finally:
                 work.close()
             for job_targets in work.targets.values():  # every job finished: what each was given is written

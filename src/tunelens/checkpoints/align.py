@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 from tunelens.checkpoints.index import Checkpoint, TensorInfo
@@ -77,6 +78,19 @@ class AlignedTensor:
             return self.base.numel
         per_row = self.base.numel // max(self.base.shape[0], 1)
         return self.rows * per_row
+
+    def infos(self, *, base: bool = True) -> list[TensorInfo]:
+        """Every stored tensor this job reads: the base (unless ``base=False``) and each term's tensors."""
+        out = [self.base] if base else []
+        for term in self.terms:
+            out += [t for t in (term.full, term.stored) if t is not None]
+            if term.lowrank is not None:
+                out += [term.lowrank.a, term.lowrank.b]
+        return out
+
+    def byte_ranges(self, *, base: bool = True) -> list[tuple[Path, int, int]]:
+        """The file byte ranges of :meth:`infos` (pickle tensors, which have none, are left out)."""
+        return [(t.file, t.begin, t.end) for t in self.infos(base=base) if t.begin >= 0]
 
 
 @dataclass(frozen=True)

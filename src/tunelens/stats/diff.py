@@ -104,7 +104,14 @@ def diff_alignment(alignment: Alignment, selection: Selection, options: ReadOpti
     work = DiffWork(TauSource(alignment, options.allow_nonfinite), selection, check_device(device))
     try:
         with single_threaded():
-            results = run_stage(jobs, work, options, desc="diff", weight=lambda j: j.base.nbytes * (1 + n))
+            results = run_stage(
+                jobs,
+                work,
+                options,
+                desc="diff",
+                weight=lambda j: j.base.nbytes * (1 + n),
+                ranges=AlignedTensor.byte_ranges,
+            )
     finally:
         work.close()
     parts = [item for res in results for item in res]

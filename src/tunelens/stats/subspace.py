@@ -444,7 +444,14 @@ def subspace_pass(alignment: Alignment, selection: Selection, read: ReadOptions,
     n = len(alignment.others)
     work = SubspaceWork(TauSource(alignment, read.allow_nonfinite), plans, opts)
     try:
-        results = run_stage(jobs, work, read, desc="subspace", weight=lambda j: j.base.nbytes * (1 + n))
+        results = run_stage(
+            jobs,
+            work,
+            read,
+            desc="subspace",
+            weight=lambda j: j.base.nbytes * (1 + n),
+            ranges=AlignedTensor.byte_ranges,
+        )
     finally:
         work.close()
     stats = PassStats()

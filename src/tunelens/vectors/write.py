@@ -62,7 +62,10 @@ def write_vector(
             targets = {j.name: writer.target(j.name) for j in alignment.tensors}
             work = VectorWork(TauSource(alignment, options.allow_nonfinite), dtype, targets)
             try:
-                run_stage(list(alignment.tensors), work, options, desc="vector", weight=lambda j: j.base.nbytes * 2)
+                run_stage(
+                    list(alignment.tensors), work, options, desc="vector", weight=lambda j: j.base.nbytes * 2,
+                    ranges=AlignedTensor.byte_ranges,
+                )  # fmt: skip
             finally:
                 work.close()
             for name in work.targets:  # every job finished: its tensor is written
