@@ -35,6 +35,7 @@ from tunelens.stats.subspace_basis import (
     Basis,
     BasisCache,
     BasisKey,
+    Columns,
     Criterion,
     Method,
     content_hash,
@@ -252,15 +253,25 @@ def _part_shape(stored: tuple[int, ...], part: Part) -> tuple[int, int]:
 
 
 def load_or_build(
-    slices: list[torch.Tensor], key: BasisKey, cache: BasisCache, method: Method, stats: PassStats, name: str
+    slices: list[torch.Tensor],
+    key: BasisKey,
+    cache: BasisCache,
+    method: Method,
+    stats: PassStats,
+    name: str,
+    columns: Columns = None,
 ) -> list[Basis]:
-    """The bases of ``slices`` from the cache, or decomposed (and stored) — one cluster-executable step."""
+    """The bases of ``slices`` from the cache, or decomposed (and stored) — one cluster-executable step.
+
+    ``columns(S)`` is how many leading singular vectors the caller uses: a cached entry with fewer
+    is decomposed again (and replaced by one with enough)."""
     found = cache.load(key) if key.content_sha256 else None
     if found is not None and len(found) == len(slices):
-        stats.hits += 1
-        return [b.to(str(slices[0].device)) for b in found]
+        if all(b.cols >= min(b.trusted, columns(b.S) if columns else b.trusted) for b in found):
+            stats.hits += 1
+            return [b.to(str(slices[0].device)) for b in found]
     t0 = time.perf_counter()
-    bases = [decompose(s, method) for s in slices]
+    bases = [decompose(s, method, columns) for s in slices]
     stats.decompose_seconds += time.perf_counter() - t0
     stats.misses += 1
     stats.methods.update(b.method for b in bases)
@@ -294,6 +305,10 @@ def analyse_tensor(
             raise TunelensError(source.nonfinite(job, f"tau of {ck.name}") + f"; {NONFINITE_HINT}")
         taus.append(tau)
     names = [ck.name for ck in alignment.others]
+
+    def kmax(sigma: torch.Tensor) -> int:
+        return max(c.k(sigma) for c in opts.criteria)
+
     rows: list[dict[str, Any]] = []
     for plan in plans:
         part = plan.part
@@ -324,8 +339,8 @@ def analyse_tensor(
             key = BasisKey(
                 digest, stored, part_id, slicing, resolve_method(opts.method, (slices[0].shape[0], slices[0].shape[1]))
             )
-            bases = load_or_build(slices, key, opts.cache, opts.method, stats, job.name)
-            if any(max(c.k(b.S) for c in opts.criteria) > b.trusted for b in bases):
+            bases = load_or_build(slices, key, opts.cache, opts.method, stats, job.name, kmax)
+            if any(kmax(b.S) > b.trusted for b in bases):
                 # a k beyond the columns a Gram basis resolves (near-singular W): exact SVD instead
                 key = BasisKey(digest, stored, part_id, slicing, "svd")
                 bases = load_or_build(slices, key, opts.cache, "svd", stats, job.name)
