@@ -193,3 +193,22 @@ def test_adapter_for_another_architecture_is_one_line(
     res = CliRunner().invoke(cli, ["diff", str(tiny("llama")), str(adapter), "-o", str(tmp_path / "o")])
     assert res.exit_code == 2, res.output
     assert "does not have" in res.output
+
+
+def test_in_place_on_the_base_equals_the_merge(pairs: Callable[[str], Triple]) -> None:
+    """What evaluate / activations run for an adapter: its base loaded, τ added in place — PEFT's merged model."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelens.arithmetic.inmemory import apply_in_place
+    from tunelens.checkpoints.adapter import adapter_base
+
+    for variant in ("plain", "fused_phi3", "modules_to_save"):
+        _, adapter, merged = pairs(variant)
+        ad = open_checkpoint(adapter)
+        base = adapter_base(ad)  # found from the adapter's base_model_name_or_path
+        model = AutoModelForCausalLM.from_pretrained(str(base.path), dtype=torch.float32)
+        apply_in_place(model, base, [(ad, 1.0)])
+        ref = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).state_dict()
+        for name, t in model.state_dict().items():
+            where = f"{variant} {name}"
+            torch.testing.assert_close(t, ref[name], rtol=1e-5, atol=1e-6, msg=lambda m, w=where: f"{w}: {m}")

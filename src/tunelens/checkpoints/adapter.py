@@ -250,3 +250,22 @@ def open_adapter(path: Path, name: str) -> Checkpoint:
         kind="adapter",
         meta=raw,
     )
+
+
+def adapter_base(adapter: Checkpoint, override: str | Path | None = None) -> Checkpoint:
+    """The model an adapter runs on: ``override`` when given (the command's BASE), else the one its config
+    names (``base_model_name_or_path``: a local folder, or an id in the local Hugging Face cache)."""
+    from tunelens.checkpoints.index import open_checkpoint
+
+    named = override if override is not None else adapter.meta.get("base_model_name_or_path")
+    if not named:
+        raise TunelensError(
+            f"{adapter.name}: the adapter names no base model (base_model_name_or_path); give its base explicitly"
+        )
+    try:
+        base = open_checkpoint(named)
+    except TunelensError as exc:
+        raise TunelensError(f"{adapter.name} runs on {named}, which cannot be opened: {exc}") from exc
+    if base.kind != "model":
+        raise TunelensError(f"{adapter.name} runs on {named}, which is a {base.kind} folder, not a model")
+    return base
