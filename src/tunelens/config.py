@@ -53,6 +53,7 @@ class ReadOptions:
     executor: ExecutorKind = "thread"
     address: str | None = None  # ray: "auto", "HOST:PORT", or None for a local cluster of ``workers`` CPUs
     retries: int = 3  # process / ray: re-runs of a job whose worker died (exceptions are never retried)
+    allow_nonfinite: bool = False  # NaN/Inf in inputs: analyse anyway (affected numbers null) instead of stopping
 
     def __post_init__(self) -> None:
         if self.executor not in get_args(ExecutorKind):

@@ -289,12 +289,23 @@ def _as_text(value: Any) -> str | None:
     return str(value)
 
 
+def mask(
+    *, components: str | None = None, only: str | None = None, layers: str | None = None, embeddings: bool = True
+) -> Selection:
+    """The mask of a term from its text options (``--components``, ``--only``, ``--layers``, ``--no-embeddings``
+    or a recipe's keys): components and ``only`` groups intersect."""
+    sel = Selection(components=parse_components(components), layers=parse_layers(layers))
+    sel = intersect(sel, Selection(components=parse_components(only)))
+    return replace(sel, embeddings=embeddings)
+
+
 def _selection(data: dict[str, Any], where: str) -> Selection:
-    comps = parse_components(_as_text(data.get("components")))
-    only = parse_components(_as_text(data.get("only")))
-    sel = Selection(components=comps, layers=parse_layers(_as_text(data.get("layers"))))
-    sel = intersect(sel, Selection(components=only))
-    return replace(sel, embeddings=bool(data.get("embeddings", True)))
+    return mask(
+        components=_as_text(data.get("components")),
+        only=_as_text(data.get("only")),
+        layers=_as_text(data.get("layers")),
+        embeddings=bool(data.get("embeddings", True)),
+    )
 
 
 def _scales(value: Any, where: str) -> dict[Component, float]:

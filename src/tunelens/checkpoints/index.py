@@ -31,7 +31,7 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 VECTOR_META = "tunelens.json"
 
-Kind = Literal["model", "vector"]
+Kind = Literal["model", "vector", "adapter"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Checkpoint:
     files: tuple[Path, ...]
     fingerprint: str  # sha256 over config.json + index / safetensors headers
     kind: Kind = "model"
-    meta: dict[str, Any] = field(default_factory=dict)  # tunelens.json of a vector folder
+    meta: dict[str, Any] = field(default_factory=dict)  # tunelens.json of a vector folder; an adapter's config
     pickle: bool = False
 
     @property
@@ -89,7 +89,7 @@ class Checkpoint:
 
     def describe(self) -> dict[str, Any]:
         """Identity of this input for provenance metadata."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "path": str(self.path),
             "kind": self.kind,
@@ -98,6 +98,9 @@ class Checkpoint:
             "tensors": len(self.tensors),
             "shards": len(self.files),
         }
+        if self.kind == "adapter":
+            out["adapter"] = self.config["adapter"]
+        return out
 
 
 def split_spec(spec: str | Path) -> tuple[str | None, Path]:
@@ -117,6 +120,11 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, name: str |
     label = name or spec_name or path.resolve().name
     if not path.exists():
         raise TunelensError(f"{path}: no such file or folder")
+    if path.is_dir():
+        from tunelens.checkpoints.adapter import is_adapter_folder, open_adapter
+
+        if is_adapter_folder(path):
+            return open_adapter(path, label)
     if path.is_file():
         if path.suffix == ".gguf":
             raise TunelensError(

@@ -8,7 +8,9 @@ this I/O-bound pass (``bench/``). Pickle checkpoints (``--allow-pickle``) go thr
 
 from __future__ import annotations
 
+import os
 import threading
+from dataclasses import replace
 from io import FileIO
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -88,6 +90,20 @@ class TensorReader:
         return t
 
 
+def row_block(info: TensorInfo, start: int, stop: int) -> TensorInfo | None:
+    """The rows ``[start, stop)`` of a safetensors tensor as a tensor of their own (its bytes are one
+    contiguous range); None when the storage cannot address rows (pickle)."""
+    if info.begin < 0 or not info.shape:
+        return None
+    row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
+    return replace(
+        info,
+        shape=(stop - start, *info.shape[1:]),
+        begin=info.begin + start * row_bytes,
+        end=info.begin + stop * row_bytes,
+    )
+
+
 def select_part(t: torch.Tensor, part: Part) -> torch.Tensor:
     """The slice of a stored tensor that ``part`` names (the whole tensor when not fused)."""
     if part.dim is None:
@@ -98,6 +114,58 @@ def select_part(t: torch.Tensor, part: Part) -> torch.Tensor:
 def to_out_in(t: torch.Tensor, part: Part) -> torch.Tensor:
     """A 2-D weight in the ``[out, in]`` convention (GPT-2 Conv1D weights are transposed)."""
     return t.T if t.dim() == 2 and part.layout == "in_out" else t
+
+
+#: one stored byte range: file, absolute begin, end
+ByteRange = tuple[Path, int, int]
+READAHEAD_BYTES = 512 * 1024**2
+
+
+class Readahead:
+    """Ask the kernel to read the next jobs' byte ranges while the current ones are computed.
+
+    Reads from a cold disk run at the device's speed only with enough requests in flight: two
+    workers each blocked in one ``readinto`` measured ~0.9 GB/s where ``cat`` streams 1.3-1.8 GB/s.
+    ``posix_fadvise(POSIX_FADV_WILLNEED)`` on the ranges of the next jobs (up to ``ahead_bytes``
+    beyond the job being started) starts their reads asynchronously; the workers' reads then find
+    the pages cached. Page cache is not the process's memory (RSS), and the budget keeps it from
+    evicting what the workers are about to read.
+    """
+
+    def __init__(self, ranges: list[list[ByteRange]], ahead_bytes: int = READAHEAD_BYTES) -> None:
+        self.ranges = ranges
+        self.ahead_bytes = ahead_bytes
+        self._next = 0  # first job not advised yet
+        self._fds: dict[Path, int] = {}
+        self._sizes = [sum(end - begin for _, begin, end in job) for job in ranges]
+
+    def __call__(self, index: int) -> None:
+        """Job ``index`` is starting: advise every job after it within the byte budget."""
+        budget = 0
+        j = index
+        while j < len(self.ranges) and budget < self.ahead_bytes:
+            budget += self._sizes[j]
+            if j >= self._next:
+                for file, begin, end in self.ranges[j]:
+                    self._advise(file, begin, end)
+                self._next = j + 1
+            j += 1
+
+    def _advise(self, file: Path, begin: int, end: int) -> None:
+        if not hasattr(os, "posix_fadvise") or end <= begin:
+            return
+        fd = self._fds.get(file)
+        if fd is None:
+            try:
+                fd = self._fds[file] = os.open(file, os.O_RDONLY)
+            except OSError:
+                return  # the reader reports unreadable files itself
+        os.posix_fadvise(fd, begin, end - begin, os.POSIX_FADV_WILLNEED)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 class _Closable(Protocol):

@@ -26,7 +26,10 @@ def write_json(path: Path, data: Any) -> Path:
 
 
 def _cell(v: Any) -> Any:
-    return repr(v) if isinstance(v, float) else v
+    """Floats at full precision; an undefined (NaN) value is an empty cell, never a number."""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(v)
+    return v
 
 
 def _clean(v: Any) -> Any:

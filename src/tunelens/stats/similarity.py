@@ -53,9 +53,9 @@ def metrics(s: Sums, i: int) -> dict[str, Any]:
 
 
 def vector_cosine(s: Sums, i: int, j: int) -> float:
-    """cos(τᵢ, τⱼ) over the group; 0 when either vector is zero there."""
+    """cos(τᵢ, τⱼ) over the group; NaN (null in JSON) when either vector is zero or not finite there."""
     den = math.sqrt(s.cross[i][i] * s.cross[j][j])
-    return s.cross[i][j] / den if den > 0 else 0.0
+    return s.cross[i][j] / den if den > 0 else math.nan
 
 
 def signflip_std(s: Sums, i: int, j: int) -> float:
