@@ -1,5 +1,5 @@
 """``tunelens tasks`` (the built-in tasks' items, metrics and sources), ``evaluate`` of a built-in task with
-no --data-dir, ``tunelens --version`` without importing torch."""
+no --data-dir, ``tunelens --version`` without importing torch, and ``tunelens.load`` imported lazily."""
 
 from __future__ import annotations
 
@@ -77,3 +77,12 @@ def test_version_names_torch_and_transformers_without_importing_them() -> None:
     assert out.startswith("0\n")
     assert f"torch {version('torch')}" in out and f"transformers {version('transformers')}" in out
     assert out.rstrip().endswith("[]")
+
+
+def test_load_is_imported_on_first_use() -> None:
+    code = (
+        "import sys, tunelens, tunelens.cli\nprint('pandas' in sys.modules)\n"
+        "from tunelens import load\nprint('pandas' in sys.modules, load.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["False", "True tunelens.frames.load"]
