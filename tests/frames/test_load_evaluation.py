@@ -104,3 +104,12 @@ def test_bad_paths_are_one_clear_error(tmp_path: Path, outputs: Any) -> None:
     with pytest.raises(AttributeError, match="frames and parts: results"):
         _ = r.tensors
     assert "results" in dir(r) and repr(r).startswith("<tunelens.Results evaluate")
+
+
+def test_a_file_missing_a_key_is_one_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "activations.json").write_text(json.dumps({"models": [{"fraction_active": [0.5]}]}))
+    r = tunelens.load(folder)
+    with pytest.raises(TunelensError, match="cannot build frame 'layers': missing 'name'"):
+        _ = r.layers

@@ -58,7 +58,11 @@ class Results:
         if name not in self._builders:
             raise TunelensError(f"{self.kind} output has no frame {name!r}; it has: {', '.join(self.frames) or 'none'}")
         if name not in self._cache:
-            self._cache[name] = self._builders[name]()
+            try:
+                self._cache[name] = self._builders[name]()
+            except (KeyError, IndexError) as exc:  # a file of an older or foreign layout
+                where = self.path if self.path is not None else f"{self.kind} result"
+                raise TunelensError(f"{where}: cannot build frame {name!r}: missing {exc}") from exc
         return self._cache[name]
 
     def __getitem__(self, name: str) -> pd.DataFrame:
