@@ -44,6 +44,12 @@ class ActivationResult:
     summary: dict[str, Any]
     rows: list[dict[str, Any]]
 
+    def to_pandas(self) -> Any:
+        """Tidy pandas frames of this result, equal to ``tunelens.load`` of its output folder."""
+        from tunelens.frames import activations_results
+
+        return activations_results(self.summary)
+
 
 def run_activations(
     models: list[Checkpoint], corpus_paths: list[Path] | None, options: ActivationOptions

@@ -43,6 +43,13 @@ class EvalResult:
                 return float(r["value"])
         raise KeyError((task, metric, variant))
 
+    def to_pandas(self) -> Any:
+        """Tidy pandas frames of this result, equal to ``tunelens.load`` of its output folder (``samples``
+        only when they were kept in memory, i.e. without ``out``)."""
+        from tunelens.frames import evaluate_results
+
+        return evaluate_results(self.summary, samples=(lambda: self.samples) if self.samples else None)
+
 
 def resolve_tasks(
     specs: Sequence[str | TaskSpec],

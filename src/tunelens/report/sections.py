@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelens.errors import TunelensError
-from tunelens.report import plots
+from tunelens.frames.activations import load_activations
+from tunelens.frames.weights import load_diff
+from tunelens.report import figures, plots
 
 PAPER_COSINE = 0.9975  # paper: > 99.75% weight cosine for every pair
 PAPER_DISTANCE = 0.04  # paper Fig. 2: edit distance mostly < 0.04
@@ -52,11 +54,13 @@ def table(header: list[str], rows: list[list[Any]], fmt: str = "{:.4g}") -> str:
 
 
 def weight_cosine(folder: Path) -> Section | None:
-    """Table 15 style: weight cosine and relative change per component, per model."""
+    """Table 15 style: weight cosine and relative change per component, per model; relative change per layer
+    and per layer × component (figures drawn from the frames of ``tunelens.load``)."""
     path = folder / "diff" / "summary.json"
     if not path.exists():
         return None
-    s = load_json(path)
+    frames = load_diff(path.parent)
+    s = frames.meta
     comps = list(s["models"][0]["by_component"])
     rows = []
     for m in s["models"]:
@@ -70,7 +74,13 @@ def weight_cosine(folder: Path) -> Section | None:
         + "; ".join(f"{m['name']} moved most in {_argmax(m['by_component'], 'relative_change')}" for m in s["models"])
     )
     body = table(["model", "cosine", "1 - cosine", "|tau|/|W|", *[f"cos {c}" for c in comps]], rows, "{:.6g}")
-    return Section("weights", "Weight cosine per component (paper Table 15)", s["definitions"]["cosine"], reading, body)
+    per_layer = figures.per_layer(frames.layers, "relative_change", title="relative change per layer",
+                                  ylabel="‖τ‖ / ‖θ_pre‖")  # fmt: skip
+    cells = figures.layer_heatmap(frames.layer_components, "relative_change",
+                                  title="relative change ‖τ‖ / ‖θ_pre‖ per layer and component")  # fmt: skip
+    figs = {"weights_per_layer": figures.png(per_layer), "weights_layer_component": figures.png(cells)}
+    return Section("weights", "Weight cosine per component (paper Table 15)", s["definitions"]["cosine"], reading, body,
+                   figs)  # fmt: skip
 
 
 def vector_cosine(folder: Path) -> Section | None:
@@ -78,7 +88,8 @@ def vector_cosine(folder: Path) -> Section | None:
     path = folder / "diff" / "summary.json"
     if not path.exists():
         return None
-    s = load_json(path)
+    frames = load_diff(path.parent)
+    s = frames.meta
     vc = s["vector_cosine"]
     names = vc["names"]
     if len(names) < 2:
@@ -93,8 +104,10 @@ def vector_cosine(folder: Path) -> Section | None:
         f"random-vector null std {rnd:.1e}, sign-flip null std {worst[3]:.1e}: "
         + ("near-orthogonal as in the paper" if abs(worst[2]) < 0.1 else "clearly aligned, unlike the paper's domains")
     )
-    png = plots.heatmap(names, block["matrix"], "cosine between tuning vectors (without embeddings)",
-                        f"null: random 1/sqrt(D) = {rnd:.1e}")  # fmt: skip
+    pairs_we = frames.vector_cosine[frames.vector_cosine["scope"] == "without_embeddings"]
+    fig = figures.pair_heatmap(pairs_we, "cosine", title="cosine between tuning vectors (without embeddings)",
+                               note=f"null: random 1/sqrt(D) = {rnd:.1e}")  # fmt: skip
+    png = figures.png(fig)
     rows = [[a, b, v, sf, rnd] for a, b, v, sf in off]
     body = table(["a", "b", "cosine", "sign-flip null std", "random null std"], rows, "{:+.4g}")
     comps = list(vc["by_component"])
@@ -180,9 +193,12 @@ def activation_patterns(folder: Path) -> Section | None:
     path = folder / "activations" / "activations.json"
     if not path.exists():
         return None
-    s = load_json(path)
+    frames = load_activations(path.parent)
+    s = frames.meta
     frac = {m["name"]: m["fraction_active"] for m in s["models"]}
-    figs = {"fig1_fraction_active": plots.per_layer(frac, "fraction of active FFN neurons", "fraction active")}
+    fig = figures.per_layer(frames.layers, "fraction_active", title="fraction of active FFN neurons",
+                            ylabel="fraction active")  # fmt: skip
+    figs = {"fig1_fraction_active": figures.png(fig)}
     spread = max(max(v) - min(v) for v in zip(*frac.values(), strict=True))
     tokens = s["models"][0].get("tokens")
     reading = f"Fraction active differs across models by at most {spread:.4f} at any layer ({tokens} tokens)"
@@ -191,8 +207,9 @@ def activation_patterns(folder: Path) -> Section | None:
     pairs = s.get("pairs", [])
     if pairs:
         dist = {f"{p['a']}↔{p['b']}": p["distance"] for p in pairs}
-        figs["fig2_edit_distance"] = plots.per_layer(dist, "normalized edit distance of activation patterns",
-                                                     "Hamming / d_ff", hline=PAPER_DISTANCE)  # fmt: skip
+        fig = figures.per_layer(frames.pairs, "distance", hue="pair", title="normalized edit distance of activation "
+                                "patterns", ylabel="Hamming / d_ff", hline=PAPER_DISTANCE)  # fmt: skip
+        figs["fig2_edit_distance"] = figures.png(fig)
         n_all = sum(len(v) for v in dist.values())
         n_low = sum(1 for v in dist.values() for x in v if x < PAPER_DISTANCE)
         worst = max(pairs, key=lambda p: p["mean"])

@@ -50,6 +50,12 @@ class DiffResult:
     alignment: Alignment
     parts: list[PartSums] = field(repr=False, default_factory=list)
 
+    def to_pandas(self) -> Any:
+        """Tidy pandas frames of this result, equal to ``tunelens.load`` of its output folder."""
+        from tunelens.frames import csv_frame, diff_results
+
+        return diff_results(self.summary, lambda: csv_frame(self.rows, TENSOR_COLUMNS))
+
 
 @dataclass
 class DiffWork:

@@ -617,6 +617,12 @@ class SubspaceResult:
     summary: dict[str, Any]
     alignment: Alignment
 
+    def to_pandas(self) -> Any:
+        """Tidy pandas frames of this result, equal to ``tunelens.load`` of its output folder."""
+        from tunelens.frames import csv_frame, subspace_results
+
+        return subspace_results(self.summary, lambda: csv_frame(self.rows, SUBSPACE_COLUMNS))
+
 
 def subspace(
     base: Checkpoint, tuned: list[Checkpoint], *, selection: Selection, read: ReadOptions, opts: SubspaceOptions
