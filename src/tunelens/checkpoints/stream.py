@@ -3,7 +3,8 @@
 A tensor is read with one ``readinto`` of its byte range (one copy, no mmap page faults); the
 result equals ``safetensors.torch.load_file`` bit for bit (tests check it) and measured faster on
 this I/O-bound pass (``bench/``). Pickle checkpoints (``--allow-pickle``) go through
-``torch.load(weights_only=True, mmap=True)``.
+``torch.load(weights_only=True, mmap=True)``; GGUF tensors are read and de-quantized a chunk of rows
+at a time by :func:`tunelens.checkpoints.gguf.read_gguf_into`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class TensorReader:
     def __init__(self) -> None:
         self._files: dict[Path, FileIO] = {}
         self._pickles: dict[Path, dict[str, Any]] = {}
+        self._gguf_buffer: list[Any] = [None]  # reusable bytes of one GGUF chunk
 
     def __enter__(self) -> TensorReader:
         return self
@@ -46,6 +48,7 @@ class TensorReader:
             fh.close()
         self._files.clear()
         self._pickles.clear()
+        self._gguf_buffer = [None]
 
     def read(self, info: TensorInfo) -> torch.Tensor:
         """The stored tensor, in its stored dtype and shape."""
@@ -54,7 +57,7 @@ class TensorReader:
         return self.read_into(info, torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype]))
 
     def read_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
-        """Fill ``out`` (contiguous, the stored dtype and shape; safetensors only) with the stored tensor."""
+        """Fill ``out`` (contiguous, ``info.dtype`` and ``info.shape``; safetensors or GGUF) with the tensor."""
         if info.nbytes == 0:
             return out
         fh = self._files.get(info.file)
@@ -64,6 +67,10 @@ class TensorReader:
             except OSError as exc:
                 raise TunelensError(f"{info.file}: cannot open ({exc.strerror})") from exc
             self._files[info.file] = fh
+        if info.encoding == "gguf":
+            from tunelens.checkpoints.gguf import read_gguf_into
+
+            return read_gguf_into(fh, info, out, self._gguf_buffer)
         view = memoryview(out.view(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
         fh.seek(info.begin)
         got = 0
