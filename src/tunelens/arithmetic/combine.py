@@ -23,6 +23,7 @@ from tunelens.arithmetic.card import copy_side_files, write_card
 from tunelens.arithmetic.merges import add_update, tensor_update
 from tunelens.arithmetic.spec import Recipe
 from tunelens.checkpoints.align import AlignedTensor, Alignment, align
+from tunelens.checkpoints.gguf import side_files as gguf_side_files
 from tunelens.checkpoints.index import VECTOR_META, Checkpoint, TensorInfo, open_checkpoint
 from tunelens.checkpoints.output import atomic_dir, check_target
 from tunelens.checkpoints.stream import ST_DTYPES, TORCH_DTYPES, ReaderPool, Scratch, ScratchPool, TensorReader
@@ -229,8 +230,11 @@ def apply_recipe(
             for job_targets in work.targets.values():  # every job finished: what each was given is written
                 for target in job_targets:
                     writer.mark_written(target.planned.name)
-        copy_side_files(plan.target.path, tmp, dtype=recipe.dtype)
         meta = _metadata(plan, edited, clock)
+        if plan.target.origin.get("format") == "gguf":  # no folder to copy from: config (+ tokenizer) built
+            meta["notes"] = meta["notes"] + gguf_side_files(plan.target, tmp, dtype=recipe.dtype)
+        else:
+            copy_side_files(plan.target.path, tmp, dtype=recipe.dtype)
         write_json(tmp / VECTOR_META, meta)
         write_card(tmp / "README.md", plan, meta)
     return ApplyResult(out, meta)

@@ -9,7 +9,7 @@ streaming stage iterates: one :class:`AlignedTensor` per base tensor that takes 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from tunelens.checkpoints.index import Checkpoint, TensorInfo
@@ -114,7 +114,7 @@ def align(
             binfo = base.tensors[embed] if embed else None
             if binfo is None:
                 continue
-            binfo = TensorInfo(name, binfo.shape, binfo.dtype, binfo.file, binfo.begin, binfo.end)
+            binfo = replace(binfo, name=name)  # keeps how it is stored (safetensors, GGUF layout)
         if not binfo.is_float:
             skipped.append({"tensor": name, "reason": f"non-float dtype {binfo.dtype}"})
             continue
