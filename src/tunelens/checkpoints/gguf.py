@@ -53,6 +53,7 @@ class Family:
 
     permute_qk: bool  # attn_q / attn_k rows permuted for llama.cpp's rotary layout
     norm_offset: float  # added to every ``*norm.weight`` (llama.cpp stored w + 1 for Gemma)
+    head_dim_from_key_length: bool = False  # transformers' key table has no head_dim for it
 
 
 #: the architectures tunelens maps (data, checked against transformers' TENSOR_PROCESSORS in tests)
@@ -60,7 +61,7 @@ FAMILIES: dict[str, Family] = {
     "llama": Family(permute_qk=True, norm_offset=0.0),
     "mistral": Family(permute_qk=False, norm_offset=0.0),
     "qwen2": Family(permute_qk=False, norm_offset=0.0),
-    "qwen3": Family(permute_qk=False, norm_offset=0.0),
+    "qwen3": Family(permute_qk=False, norm_offset=0.0, head_dim_from_key_length=True),
     "phi3": Family(permute_qk=False, norm_offset=0.0),
     "gemma": Family(permute_qk=False, norm_offset=-1.0),
     "gemma2": Family(permute_qk=False, norm_offset=-1.0),
@@ -170,7 +171,7 @@ def build_config(header: GGUFHeader, arch: str) -> dict[str, Any]:
             value = value.replace(arch, hf_arch)
         config[target] = value
     key_length = fields.get(f"{arch}.attention.key_length")
-    if "head_dim" not in config and isinstance(key_length, int):  # transformers ignores it for qwen3
+    if FAMILIES[arch].head_dim_from_key_length and "head_dim" not in config and isinstance(key_length, int):
         config["head_dim"] = key_length
     if config.get("model_type") == "gemma3":
         config["model_type"] = "gemma3_text"
