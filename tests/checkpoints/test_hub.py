@@ -159,3 +159,17 @@ def test_diff_on_ids_equals_diff_on_folders(hub_env: Path, tmp_path: Path) -> No
     meta = json.loads((tmp_path / "ids" / "summary.json").read_text())
     assert [i.get("hub_id") for i in meta["inputs"]] == ["org/base", "org/ft"]
     assert all(i["revision"] == COMMIT_MAIN for i in meta["inputs"])
+
+
+def test_apply_with_ids_equals_apply_with_folders(hub_env: Path, tmp_path: Path) -> None:
+    from tunelens.testing import read_state
+
+    runner = CliRunner()
+    r = runner.invoke(cli, ["apply", "org/base@main", "-v", "org/ft@main:0.5", "-o", str(tmp_path / "ids"), "-q"])
+    assert r.exit_code == 0, r.output
+    base = hub_env / "models--org--base" / "snapshots" / COMMIT_MAIN
+    ft = hub_env / "models--org--ft" / "snapshots" / COMMIT_MAIN
+    r = runner.invoke(cli, ["apply", str(base), "-v", f"{ft}:0.5", "-o", str(tmp_path / "dirs"), "-q"])
+    assert r.exit_code == 0, r.output
+    a, b = read_state(tmp_path / "ids"), read_state(tmp_path / "dirs")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
