@@ -476,3 +476,16 @@ def test_smollm2_gguf_equals_zoo_base(tmp_path: Path) -> None:
     ours, ref = read_header(file), gguf.GGUFReader(file)
     assert ours.data_offset == ref.data_offset and len(ours.tensors) == len(ref.tensors)
     assert ours.fields["tokenizer.ggml.tokens"] == ArrayInfo(8, len(ref.fields["tokenizer.ggml.tokens"].data))
+
+
+def test_inspect_shows_format_and_types(ggufs) -> None:
+    folder, file = ggufs("llama", Q.Q8_0)
+    dims = [t.dim() for t in read_state(folder).values()]  # the writer stores 2-D as Q8_0, the rest F32
+    n2, n1 = dims.count(2), len(dims) - dims.count(2)
+    r = CliRunner().invoke(cli, ["inspect", str(file)])
+    assert r.exit_code == 0, r.output
+    assert f"format: gguf (llama, {file.stat().st_size:,} bytes); tensor types: F32 x{n1}, Q8_0 x{n2}" in r.output
+    r = CliRunner().invoke(cli, ["inspect", str(file), "--json"])
+    info = json.loads(r.output)
+    assert info["format"] == "gguf" and info["quantization"] == {"F32": n1, "Q8_0": n2}
+    assert info["architecture"] == ["LlamaForCausalLM"] and info["layers"] == 3

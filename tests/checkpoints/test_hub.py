@@ -173,3 +173,18 @@ def test_apply_with_ids_equals_apply_with_folders(hub_env: Path, tmp_path: Path)
     assert r.exit_code == 0, r.output
     a, b = read_state(tmp_path / "ids"), read_state(tmp_path / "dirs")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_evaluate_loader_takes_an_id(hub_env: Path) -> None:
+    """evaluate/activations load with from_pretrained(ck.path): the snapshot folder."""
+    from tunelens.evaluation.model import load_model
+
+    loaded = load_model("org/base")
+    assert loaded.model.config.model_type == "llama"
+    assert loaded.describe()["hub_id"] == "org/base" and loaded.tokenizer is not None
+
+
+def test_inspect_shows_id_and_commit(hub_env: Path) -> None:
+    r = CliRunner().invoke(cli, ["inspect", "org/base@v1.0"])
+    assert r.exit_code == 0, r.output
+    assert f"hub id: org/base @ v1.0 = commit {COMMIT_TAG}" in r.output
