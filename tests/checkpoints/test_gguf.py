@@ -363,6 +363,16 @@ def test_diff_gguf_vs_converted_folder_is_zero(ggufs, tmp_path: Path) -> None:
     assert all(float(x["cosine"]) == 1.0 and float(x["delta_norm"]) == 0.0 for x in rows)
     meta = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert meta["inputs"][0]["format"] == "gguf" and meta["inputs"][0]["quantization"]["Q4_0"] > 0
+    # the GGUF as TUNED, and subspace in worker processes (plans with GGUF layouts are pickled)
+    r = CliRunner().invoke(cli, ["diff", str(tmp_path / "conv"), str(file), "-o", str(tmp_path / "d2"), "-q"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((tmp_path / "d2" / "tensors.csv").open()))
+    assert all(float(x["cosine"]) == 1.0 and float(x["delta_norm"]) == 0.0 for x in rows)
+    out = tmp_path / "s"
+    args = ["subspace", str(file), str(tmp_path / "conv"), "-o", str(out), "-q", "--executor", "process"]
+    r = CliRunner().invoke(cli, [*args, "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    assert len(list(csv.DictReader((out / "subspace.csv").open()))) > 0
 
 
 def test_apply_with_gguf_base_writes_safetensors_folder(ggufs, tiny, tuned, tmp_path: Path) -> None:

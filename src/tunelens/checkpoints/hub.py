@@ -40,7 +40,7 @@ class HubSnapshot:
     folder: Path
 
     def describe(self) -> dict[str, str]:
-        return {"hub_id": self.repo_id, "revision": self.commit, "ref": self.ref, "hub_cache": str(self.folder)}
+        return {"hub_id": self.repo_id, "revision": self.commit, "ref": self.ref}  # ``path``: the snapshot
 
 
 def hub_cache_dir() -> Path:
