@@ -92,7 +92,7 @@ def find_gguf(path: Path) -> Path | None:
     found = sorted(path.glob("*.gguf"))
     if len(found) > 1:
         names = ", ".join(p.name for p in found[:4])
-        raise TunelensError(f"{path}: holds {len(found)} GGUF files ({names}); name the one to read")
+        raise TunelensError(f"{path}: holds {len(found)} GGUF files ({names}); pass one file, e.g. {found[0]}")
     return found[0] if found else None
 
 
