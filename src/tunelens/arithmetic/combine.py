@@ -24,6 +24,7 @@ from tunelens.arithmetic.card import copy_side_files, write_card
 from tunelens.arithmetic.merges import add_update, tensor_update
 from tunelens.arithmetic.spec import Recipe
 from tunelens.checkpoints.align import AlignedTensor, Alignment, align
+from tunelens.checkpoints.gguf import side_files as gguf_side_files
 from tunelens.checkpoints.index import VECTOR_META, Checkpoint, TensorInfo, open_checkpoint
 from tunelens.checkpoints.output import atomic_dir, check_target
 from tunelens.checkpoints.stream import ST_DTYPES, TORCH_DTYPES, TensorReader, row_block
@@ -186,7 +187,9 @@ def plan_blocks(plan: ApplyPlan, block_bytes: int = BLOCK_BYTES) -> list[Block]:
     for job in plan.jobs:
         rows = job.info.shape[0] if len(job.info.shape) >= 2 else 0
         row_bytes = job.info.numel // rows * 4 if rows else 0
-        whole = rows == 0 or row_bytes * rows <= block_bytes
+        inputs = [job.info, *(job.aligned.infos() if job.aligned is not None else [])]
+        addressable = all(i.encoding == "safetensors" for i in inputs)  # rows of GGUF / pickle: no byte range
+        whole = rows == 0 or row_bytes * rows <= block_bytes or not addressable
         if not whole and job.aligned is not None:
             scales = part_scales(plan, job.aligned)
             row_split = any(p.dim == 0 for p in job.aligned.parts)
@@ -299,8 +302,11 @@ def apply_recipe(
         edited_by: dict[str, bool] = {}
         for b, e in zip(blocks, edited_blocks, strict=True):
             edited_by[b.job.name] = edited_by.get(b.job.name, False) or e
-        copy_side_files(plan.target.path, tmp, dtype=recipe.dtype)
         meta = _metadata(plan, [edited_by[j.name] for j in plan.jobs], clock)
+        if plan.target.origin.get("format") == "gguf":  # no folder to copy from: config (+ tokenizer) built
+            meta["notes"] = meta["notes"] + gguf_side_files(plan.target, tmp, dtype=recipe.dtype)
+        else:
+            copy_side_files(plan.target.path, tmp, dtype=recipe.dtype)
         write_json(tmp / VECTOR_META, meta)
         write_card(tmp / "README.md", plan, meta)
     return ApplyResult(out, meta)

@@ -183,7 +183,7 @@ def align(
             binfo = base.tensors[embed] if embed else None
             if binfo is None:
                 continue
-            binfo = replace(binfo, name=name)
+            binfo = replace(binfo, name=name)  # keeps how it is stored (safetensors, GGUF layout)
         if not binfo.is_float:
             skipped.append({"tensor": name, "reason": f"non-float dtype {binfo.dtype}"})
             continue

@@ -14,10 +14,13 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tunelens.checkpoints.naming import ArchInfo
 from tunelens.errors import TunelensError
+
+if TYPE_CHECKING:
+    from tunelens.checkpoints.gguf import GGUFLayout
 
 #: bytes per element of each safetensors dtype
 DTYPE_SIZES: dict[str, int] = {
@@ -32,6 +35,7 @@ SINGLE_NAME = "model.safetensors"
 VECTOR_META = "tunelens.json"
 
 Kind = Literal["model", "vector", "adapter"]
+Encoding = Literal["safetensors", "pickle", "gguf"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class TensorInfo:
     """Where one tensor's bytes are: ``file`` and absolute byte range ``[begin, end)``.
 
     ``begin``/``end`` are -1 for tensors of a pickle checkpoint (read whole, see ``allow_pickle``).
+    A ``gguf`` tensor's range holds its stored (possibly quantized) bytes and ``gguf`` says how to
+    turn them into the Hugging Face tensor; ``shape`` and ``dtype`` are always what a read returns.
     """
 
     name: str
@@ -47,6 +53,8 @@ class TensorInfo:
     file: Path
     begin: int
     end: int
+    encoding: Encoding = "safetensors"
+    gguf: GGUFLayout | None = None
 
     @property
     def numel(self) -> int:
@@ -78,6 +86,7 @@ class Checkpoint:
     kind: Kind = "model"
     meta: dict[str, Any] = field(default_factory=dict)  # tunelens.json of a vector folder; an adapter's config
     pickle: bool = False
+    origin: dict[str, Any] = field(default_factory=dict)  # hub id + commit; GGUF format + quantization
 
     @property
     def total_bytes(self) -> int:
@@ -97,6 +106,7 @@ class Checkpoint:
             "bytes": self.total_bytes,
             "tensors": len(self.tensors),
             "shards": len(self.files),
+            **self.origin,
         }
         if self.kind == "adapter":
             out["adapter"] = self.config["adapter"]
@@ -114,24 +124,34 @@ def split_spec(spec: str | Path) -> tuple[str | None, Path]:
 
 
 def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, name: str | None = None) -> Checkpoint:
-    """Open a model or vector folder (``path`` or ``name=path``), reading headers only."""
+    """Open a model or vector folder, a ``.gguf`` file or a cached Hugging Face id (``path``,
+    ``org/name[@revision]``, or either as ``name=...``), reading headers only."""
+    from dataclasses import replace
+
+    from tunelens.checkpoints import gguf, hub
+
     spec_name, path = split_spec(spec)
     path = path.expanduser()
-    label = name or spec_name or path.resolve().name
-    if not path.exists():
-        raise TunelensError(f"{path}: no such file or folder")
+    origin: dict[str, Any] = {}
+    label = name or spec_name
+    if not path.exists():  # an existing local path wins over a hub id
+        if not hub.looks_like_hub_id(str(path)):
+            raise TunelensError(f"{path}: no such file or folder")
+        snap = hub.resolve_hub_id(str(path))
+        path, origin = snap.folder, snap.describe()
+        label = label or snap.repo_id.split("/")[-1]
+    gguf_file = gguf.find_gguf(path)
+    if gguf_file is not None:
+        ck = gguf.open_gguf(gguf_file, label or (path.resolve().name if path.is_dir() else gguf_file.stem))
+        return replace(ck, origin={**origin, **ck.origin})
+    label = label or path.resolve().name
     if path.is_dir():
         from tunelens.checkpoints.adapter import is_adapter_folder, open_adapter
 
         if is_adapter_folder(path):
-            return open_adapter(path, label)
+            return replace(open_adapter(path, label), origin=origin)
     if path.is_file():
-        if path.suffix == ".gguf":
-            raise TunelensError(
-                f"{path}: GGUF files are quantized llama.cpp checkpoints; tunelens reads unquantized "
-                "safetensors folders (convert with transformers' GGUF loader first)"
-            )
-        raise TunelensError(f"{path}: expected a model folder (config.json + safetensors), got a file")
+        raise TunelensError(f"{path}: expected a model folder (config.json + safetensors) or a .gguf file, got a file")
     config = _read_config(path)
     _refuse_quantized_config(path, config)
     meta: dict[str, Any] = {}
@@ -190,6 +210,7 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, name: str |
         kind=kind,
         meta=meta,
         pickle=pickled,
+        origin=origin,
     )
 
 
@@ -282,12 +303,6 @@ def _read_json(p: Path) -> dict[str, Any]:
 def _read_config(path: Path) -> dict[str, Any]:
     cfg = path / "config.json"
     if not cfg.exists():
-        ggufs = list(path.glob("*.gguf"))
-        if ggufs:
-            raise TunelensError(
-                f"{path}: holds GGUF files ({ggufs[0].name}), which are quantized llama.cpp checkpoints; "
-                "tunelens reads unquantized safetensors folders"
-            )
         raise TunelensError(f"{path}: no config.json, not a Hugging Face model folder")
     return _read_json(cfg)
 
@@ -332,7 +347,7 @@ def _pickle_tensors(path: Path, allow_pickle: bool, digest: Any) -> tuple[dict[s
         state = torch.load(b, map_location="cpu", weights_only=True, mmap=True)
         for tname, t in state.items():
             dtype = _TORCH_TO_ST.get(str(t.dtype).removeprefix("torch."), "F32")
-            tensors[tname] = TensorInfo(tname, tuple(t.shape), dtype, b, -1, -1)
+            tensors[tname] = TensorInfo(tname, tuple(t.shape), dtype, b, -1, -1, encoding="pickle")
         del state
     return tensors, tuple(bins)
 

@@ -3,7 +3,8 @@
 A tensor is read with one ``readinto`` of its byte range (one copy, no mmap page faults); the
 result equals ``safetensors.torch.load_file`` bit for bit (tests check it) and measured faster on
 this I/O-bound pass (``bench/``). Pickle checkpoints (``--allow-pickle``) go through
-``torch.load(weights_only=True, mmap=True)``.
+``torch.load(weights_only=True, mmap=True)``; GGUF tensors are read and de-quantized a chunk of rows
+at a time by :func:`tunelens.checkpoints.gguf.read_gguf_into`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class TensorReader:
     def __init__(self) -> None:
         self._files: dict[Path, FileIO] = {}
         self._pickles: dict[Path, dict[str, Any]] = {}
+        self._gguf_buffer: list[Any] = [None]  # reusable bytes of one GGUF chunk
 
     def __enter__(self) -> TensorReader:
         return self
@@ -48,6 +50,7 @@ class TensorReader:
             fh.close()
         self._files.clear()
         self._pickles.clear()
+        self._gguf_buffer = [None]
 
     def read(self, info: TensorInfo) -> torch.Tensor:
         """The stored tensor, in its stored dtype and shape."""
@@ -56,7 +59,7 @@ class TensorReader:
         return self.read_into(info, torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype]))
 
     def read_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
-        """Fill ``out`` (contiguous, the stored dtype and shape; safetensors only) with the stored tensor."""
+        """Fill ``out`` (contiguous, ``info.dtype`` and ``info.shape``; safetensors or GGUF) with the tensor."""
         if info.nbytes == 0:
             return out
         fh = self._files.get(info.file)
@@ -66,6 +69,10 @@ class TensorReader:
             except OSError as exc:
                 raise TunelensError(f"{info.file}: cannot open ({exc.strerror})") from exc
             self._files[info.file] = fh
+        if info.encoding == "gguf":
+            from tunelens.checkpoints.gguf import read_gguf_into
+
+            return read_gguf_into(fh, info, out, self._gguf_buffer)
         view = memoryview(out.view(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
         fh.seek(info.begin)
         got = 0
@@ -92,8 +99,8 @@ class TensorReader:
 
 def row_block(info: TensorInfo, start: int, stop: int) -> TensorInfo | None:
     """The rows ``[start, stop)`` of a safetensors tensor as a tensor of their own (its bytes are one
-    contiguous range); None when the storage cannot address rows (pickle)."""
-    if info.begin < 0 or not info.shape:
+    contiguous range); None when the storage cannot address rows (pickle; GGUF blocks and permuted rows)."""
+    if info.encoding != "safetensors" or not info.shape:
         return None
     row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
     return replace(

@@ -70,7 +70,10 @@ def write_vector(
                 work.close()
             for name in work.targets:  # every job finished: its tensor is written
                 writer.mark_written(name)
-        shutil.copy2(base.path / "config.json", tmp / "config.json")
+        if base.origin.get("format") == "gguf":  # the config built from the GGUF's metadata
+            (tmp / "config.json").write_text(json.dumps(base.config, indent=2) + "\n")
+        else:
+            shutil.copy2(base.path / "config.json", tmp / "config.json")
         meta: dict[str, Any] = {
             "kind": "tuning_vector",
             "parent": base.describe(),
