@@ -108,6 +108,7 @@ class Taps:
         self.d_ff = d_ff
         self.sink = sink
         self.fired = [0] * len(sites)
+        self.nonfinite = [0] * len(sites)  # NaN / Inf activation values seen per layer, over every forward
         self._shape: tuple[int, int] | None = None
 
     @property
@@ -133,6 +134,9 @@ class Taps:
                 "(call Taps.expect before the forward)"
             )
         self.fired[layer] += 1
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):  # NaN > 0 is False: a NaN would silently count as inactive
+            self.nonfinite[layer] += int(values.numel() - int(finite.sum()))
         self.sink(layer, values > 0)
 
 

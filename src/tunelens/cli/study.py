@@ -33,7 +33,9 @@ def study_cmd(config: Path, out: Path, resume: bool, force: bool, no_report: boo
     from tunelens.study.pipeline import run_study
 
     cfg = StudyConfig.from_yaml(config)
-    runs = run_study(cfg, out, resume=resume, force=force, quiet=quiet, report=not no_report, log=say(quiet))
+    runs = run_study(
+        cfg, out, resume=resume, force=force, quiet=quiet, report=not no_report, log=say(quiet), inputs=(config,)
+    )
     summary(out, runs, not no_report)
 
 
