@@ -51,6 +51,8 @@ class Selection:
             if absent:
                 has = f"layers {format_layers(layers)}" if layers else "it has no numbered layers"
                 raise TunelensError(f"--layers {format_layers(absent)} not in {ck.name} ({has})")
+        if self.components == ():
+            raise TunelensError("the selection names no component (--components and --only have none in common)")
         if self.components is not None and not any(c in comps for c in self.components):
             raise TunelensError(
                 f"--components {','.join(self.components)}: {ck.name} has none of them (it has {', '.join(comps)})"
