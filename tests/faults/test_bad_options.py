@@ -119,3 +119,17 @@ def test_empty_selection_on_a_tied_model(tiny: Any, tuned: Any, tmp_path: Path, 
     out = tmp_path / "out"
     fault(["diff", base, ft, "--components", "lm_head", "-o", out], inputs=[base, ft],
           match="--components lm_head: .* has none of them \\(it has embed, q", out=out)  # fmt: skip
+
+
+def test_other_inputs_that_used_to_end_in_a_traceback(pair: tuple[Path, Path], tmp_path: Path, fault: Any) -> None:
+    base, ft = pair
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    fault(["zoo", "build", "--tiny", "--cache-dir", blocker, "-q"], inputs=[blocker], match="cannot create the zoo")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"base: {base}\nvectors: [{{path: {ft}, scale: .inf}}]\n")
+    out = tmp_path / "out"
+    fault(["apply", "--recipe", recipe, "-o", out], inputs=[base, ft, recipe], match="scale must be a finite number")
+    recipe.write_text(f"base: {base}\nvectors: ['{ft}:abc']\n")
+    fault(["apply", "--recipe", recipe, "-o", out], inputs=[base, ft, recipe], match="λ 'abc' is not a number")
+    fault(["subspace", base, ft, "--cache-dir", blocker, "-o", out], inputs=[base, ft], match="subspace cache")

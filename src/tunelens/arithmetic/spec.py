@@ -285,7 +285,7 @@ def _number(value: Any, key: str, where: str, *, integer: bool = False) -> float
     """A YAML number (``bool`` is not one), else a one-line error."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (integer and not float(value).is_integer()):
-        kind = "an integer" if integer else "a number"
+        kind = "an integer" if integer else "a finite number"
         raise TunelensError(f"{where}: {key} must be {kind}, got {value!r}")
     return float(value)
 

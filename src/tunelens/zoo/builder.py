@@ -29,6 +29,7 @@ from typing import Any
 
 from tunelens import __version__
 from tunelens.checkpoints.output import MARKER, atomic_dir, mark_output, write_text_atomic
+from tunelens.errors import TunelensError
 from tunelens.provenance import peak_rss_bytes
 from tunelens.zoo import Zoo, ZooSpec, cache_root
 from tunelens.zoo.convert import LICENSE, card_ok, write_card
@@ -391,7 +392,10 @@ def build_zoo(spec: ZooSpec, cache_dir: Path, *, quiet: bool = False, force: boo
         if done is not None:
             _say(quiet, f"reusing {root}")
             return done
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TunelensError(f"cannot create the zoo cache folder {root}: {exc.strerror or exc}") from exc
     import torch
 
     threads = torch.get_num_threads()
