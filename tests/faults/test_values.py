@@ -171,3 +171,21 @@ def test_allow_nonfinite_nulls_exactly_the_affected_numbers(
     assert cells[("broken", "1", "fraction_active")] == "" and cells[("broken", "", "fraction_active")] == ""
     assert float(cells[("broken", "0", "fraction_active")]) == want[0]
     assert cells[("clean vs broken", "2", "distance")] == "" and cells[("clean vs broken", "0", "distance")] != ""
+
+
+def test_the_activation_screen_counts_exactly() -> None:
+    """The cheap float32-sum screen never misses a NaN/Inf and never counts an overflowing finite block."""
+    from tunelens.activations.hooks import MlpSite, Taps
+
+    taps = Taps([MlpSite(0, "x", torch.nn.Identity(), "output")], 4, lambda layer, mask: None)
+    taps.expect(1, 2)
+    taps._receive(0, torch.full((1, 2, 4), 3e38))  # finite, though its float32 sum overflows to inf
+    assert taps.nonfinite == [0]
+    v = torch.zeros(1, 2, 4)
+    v[0, 0, 1], v[0, 1, 2], v[0, 1, 3] = math.nan, math.inf, -math.inf
+    taps.expect(1, 2)
+    taps._receive(0, v)
+    assert taps.nonfinite == [3]
+    taps.expect(1, 2)
+    taps._receive(0, v.to(torch.bfloat16))
+    assert taps.nonfinite == [6]
