@@ -108,7 +108,11 @@ def check_target(path: Path | str, force: bool, *, inputs: Iterable[Any]) -> Non
         raise TunelensError(f"{path} already exists; pass --force to replace it")
     if not path.is_dir():
         raise TunelensError(f"{path} exists and is not a folder")
-    if not is_tunelens_output(path) and any(path.iterdir()):
+    try:
+        holds = any(path.iterdir())
+    except OSError as exc:
+        raise TunelensError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    if holds and not is_tunelens_output(path):
         raise TunelensError(
             f"{path} was not written by tunelens (no {MARKER} marker), so --force will not replace it; "
             "remove it yourself or choose another output"
