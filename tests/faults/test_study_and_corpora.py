@@ -190,3 +190,15 @@ def test_a_corpus_folder_that_links_to_itself_is_read_once(
         assert r.exit_code == 0, r.output
         runs[name] = json.loads((out / "activations.json").read_text())["models"][0]["tokens"]
     assert runs["loop"] == runs["file"]
+
+
+@pytest.mark.parametrize("state", ["{", "[]", '{"stages": 3}'])
+def test_resume_with_a_broken_study_state(state: str, pair: tuple[Path, Path], tmp_path: Path, fault: Any) -> None:
+    base, ft = pair
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(yaml.safe_dump(_cfg(base, ft)))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "study.json").write_text(state)
+    args = ["study", cfg, "-o", out, "--resume", "-q"]
+    fault(args, inputs=[base, ft, cfg], match="study.json: .*--force to start over", out=out)

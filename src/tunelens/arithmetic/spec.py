@@ -283,10 +283,12 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def _number(value: Any, key: str, where: str, *, integer: bool = False) -> float:
     """A YAML number (``bool`` is not one), else a one-line error."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (integer and not float(value).is_integer()):
-        kind = "an integer" if integer else "a finite number"
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or (integer and not float(value).is_integer()):
+        kind = "an integer" if integer else "a number"
         raise TunelensError(f"{where}: {key} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise TunelensError(f"{where}: {key} must be a finite number, got {value!r}")
     return float(value)
 
 

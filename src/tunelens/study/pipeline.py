@@ -56,6 +56,16 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(state, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TunelensError(f"{path}: cannot read the study state ({exc}); use --force to start over") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("stages", {}), dict):
+        raise TunelensError(f"{path}: not a study state (expected an object with stages); use --force to start over")
+    return state
+
+
 def study_inputs(cfg: StudyConfig) -> list[Path]:
     """What a study reads: its models, corpus files and task files (a study folder never holds them)."""
     tasks = [Path(t) for t in cfg.tasks if Path(t).exists()]
@@ -111,12 +121,12 @@ def run_study(
             raise TunelensError(f"{out} already exists; pass --resume to continue that study or --force to replace it")
         elif any(out.iterdir()) and not state_path.exists():
             raise TunelensError(f"{out} is not a tunelens study folder (no study.json); refusing to resume into it")
+    state: dict[str, Any] = _read_state(state_path) if state_path.exists() else {}
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TunelensError(f"cannot create {out}: {exc.strerror or exc}") from exc
     mark_output(out, "study")
-    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
     state.update(
         tunelens_version=__version__,
         kind="study",
