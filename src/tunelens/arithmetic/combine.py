@@ -274,7 +274,7 @@ def apply_recipe(
     """Run ``recipe`` and write the edited checkpoint to ``out`` (atomically)."""
     options = options or ReadOptions()
     out = Path(out)
-    check_target(out, force)
+    check_target(out, force, inputs=[recipe.base, *(t.spec.path for t in recipe.terms)])
     clock = RunClock()
     plan = plan_apply(recipe, options)
     planned = [PlannedTensor(j.name, j.info.shape, j.out_dtype) for j in plan.jobs]
@@ -283,7 +283,7 @@ def apply_recipe(
     order = {n: i for i, n in enumerate(plan.target.tensors)}
     planned.sort(key=lambda p: order.get(p.name, len(order)))
     blocks = plan_blocks(plan)
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=[plan.base, plan.target, *plan.sources]) as tmp:
         with ShardedWriter(tmp, planned, max_shard_bytes=recipe.shard_bytes) as writer:
             targets = {p.name: writer.target(p.name) for p in planned}
             work = ApplyWork(

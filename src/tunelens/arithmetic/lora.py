@@ -178,7 +178,7 @@ def extract_lora(
             "into one adapter file); leave --executor out"
         )
     out = Path(out)
-    check_target(out, force)
+    check_target(out, force, inputs=[base, tuned])
     clock = RunClock()
     alignment = align(base, [tuned], vocab=options.vocab, missing=options.missing)
     source = TauSource(alignment, options.allow_nonfinite)
@@ -283,7 +283,7 @@ def extract_lora(
         else 0.0,  # fmt: skip
         "alignment": alignment.report(),
     }
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=[base, tuned]) as tmp:
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(str(tmp))
         write_csv(tmp / "lora.csv", rows, LORA_COLUMNS)

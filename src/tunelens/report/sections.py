@@ -67,7 +67,7 @@ def weight_cosine(folder: Path) -> Section | None:
         g = m["global"]
         rows.append([m["name"], g["cosine"], g["one_minus_cosine"], g["relative_change"]]
                     + [m["by_component"][c]["cosine"] for c in comps])  # fmt: skip
-    lowest = min(m["global"]["cosine"] for m in s["models"])
+    lowest = min((_num(m["global"]["cosine"]) for m in s["models"]), default=math.nan)
     verdict = "above" if lowest > PAPER_COSINE else "not above"
     reading = (
         f"Lowest whole-model weight cosine {lowest:.6f}: {verdict} the paper's 0.9975 for every fine-tune; "
@@ -97,8 +97,9 @@ def vector_cosine(folder: Path) -> Section | None:
     block = vc["without_embeddings"]
     off = [(names[i], names[j], block["matrix"][i][j], block["baseline"]["signflip_std"][i][j])
            for i in range(len(names)) for j in range(i + 1, len(names))]  # fmt: skip
-    worst = max(off, key=lambda t: abs(t[2]))
-    rnd = block["baseline"]["random_std"]
+    off = [(a, b, _num(v), _num(sf)) for a, b, v, sf in off]  # null (undefined, e.g. a zero tau) → nan
+    worst = max(off, key=lambda t: -1.0 if math.isnan(t[2]) else abs(t[2]))
+    rnd = _num(block["baseline"]["random_std"])
     reading = (
         f"Largest |cosine| between domain vectors: {worst[2]:+.4f} ({worst[0]} vs {worst[1]}); "
         f"random-vector null std {rnd:.1e}, sign-flip null std {worst[3]:.1e}: "
@@ -117,6 +118,11 @@ def vector_cosine(folder: Path) -> Section | None:
     body += "<p>Per component:</p>" + table(["component", *pairs], crow, "{:+.4f}")
     return Section("vectors", "Cosine between tuning vectors (paper Fig. 3)", s["definitions"]["vector_cosine"],
                    reading, body, {"fig3_vector_cosine": png})  # fmt: skip
+
+
+def _num(v: Any) -> float:
+    """A JSON / CSV value as a float: null or an empty cell (an undefined value) is nan."""
+    return math.nan if v is None or v == "" else float(v)
 
 
 def _argmax(groups: dict[str, dict[str, Any]], key: str) -> str:
@@ -155,8 +161,8 @@ def subspace_alignment(folder: Path) -> Section | None:
     models = list(dict.fromkeys(r["model"] for r in rows))
     comps = [c for c in PAPER_COMPONENTS if any(r["component"] == c for r in rows)]
 
-    def cell(model: str, comp: str, col: str) -> float:
-        return _mean([float(r[col]) for r in rows if r["model"] == model and r["component"] == comp])
+    def cell(model: str, comp: str, col: str) -> float:  # an empty CSV cell is an undefined value: nan
+        return _mean([_num(r[col]) for r in rows if r["model"] == model and r["component"] == comp])
 
     table_rows = []
     for m in models:
@@ -195,26 +201,27 @@ def activation_patterns(folder: Path) -> Section | None:
         return None
     frames = load_activations(path.parent)
     s = frames.meta
-    frac = {m["name"]: m["fraction_active"] for m in s["models"]}
+    frac = {m["name"]: [_num(x) for x in m["fraction_active"]] for m in s["models"]}  # null → nan
     fig = figures.per_layer(frames.layers, "fraction_active", title="fraction of active FFN neurons",
                             ylabel="fraction active")  # fmt: skip
     figs = {"fig1_fraction_active": figures.png(fig)}
-    spread = max(max(v) - min(v) for v in zip(*frac.values(), strict=True))
+    spread = max((max(v) - min(v) for v in zip(*frac.values(), strict=True) if not any(map(math.isnan, v))),
+                 default=math.nan)  # fmt: skip
     tokens = s["models"][0].get("tokens")
     reading = f"Fraction active differs across models by at most {spread:.4f} at any layer ({tokens} tokens)"
     body = table(["model", *[f"L{i}" for i in range(len(next(iter(frac.values()))))]],
                  [[n, *v] for n, v in frac.items()], "{:.3f}")  # fmt: skip
     pairs = s.get("pairs", [])
     if pairs:
-        dist = {f"{p['a']}↔{p['b']}": p["distance"] for p in pairs}
+        dist = {f"{p['a']}↔{p['b']}": [_num(x) for x in p["distance"]] for p in pairs}
         fig = figures.per_layer(frames.pairs, "distance", hue="pair", title="normalized edit distance of activation "
                                 "patterns", ylabel="Hamming / d_ff", hline=PAPER_DISTANCE)  # fmt: skip
         figs["fig2_edit_distance"] = figures.png(fig)
         n_all = sum(len(v) for v in dist.values())
         n_low = sum(1 for v in dist.values() for x in v if x < PAPER_DISTANCE)
-        worst = max(pairs, key=lambda p: p["mean"])
+        worst = max(pairs, key=lambda p: -1.0 if p["mean"] is None else p["mean"])
         reading += (
-            f"; {n_low}/{n_all} layer distances below the paper's 0.04, largest mean {worst['mean']:.4f} "
+            f"; {n_low}/{n_all} layer distances below the paper's 0.04, largest mean {_num(worst['mean']):.4f} "
             f"({worst['a']}↔{worst['b']})"
         )
         body += "<p>Edit distance per layer:</p>" + table(

@@ -52,12 +52,12 @@ def write_vector(
         raise TunelensError(f"--dtype must be one of {', '.join(VECTOR_DTYPES)}, got {dtype}")
     if tuned.kind == "vector":
         raise TunelensError(f"{tuned.name} is already a tuning vector folder")
-    check_target(Path(out), force)
+    check_target(Path(out), force, inputs=[base, tuned])
     clock = RunClock()
     alignment = align(base, [tuned], vocab=options.vocab, missing=options.missing)
     tdtype = VECTOR_DTYPES[dtype]
     plan = [PlannedTensor(j.name, _shape(j), ST_DTYPES[tdtype]) for j in alignment.tensors]
-    with atomic_dir(Path(out), force=force) as tmp:
+    with atomic_dir(Path(out), force=force, inputs=[base, tuned]) as tmp:
         with ShardedWriter(tmp, plan, max_shard_bytes=max_shard_bytes) as writer:
             targets = {j.name: writer.target(j.name) for j in alignment.tensors}
             work = VectorWork(TauSource(alignment, options.allow_nonfinite), dtype, targets)
