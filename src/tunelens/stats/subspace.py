@@ -31,6 +31,7 @@ from tunelens.checkpoints.stream import select_part, to_out_in
 from tunelens.config import ReadOptions, Selection
 from tunelens.errors import TunelensError
 from tunelens.jobs import run_stage
+from tunelens.stats.accumulate import single_threaded
 from tunelens.stats.subspace_basis import (
     Basis,
     BasisCache,
@@ -459,14 +460,17 @@ def subspace_pass(alignment: Alignment, selection: Selection, read: ReadOptions,
     n = len(alignment.others)
     work = SubspaceWork(TauSource(alignment, read.allow_nonfinite), plans, opts)
     try:
-        results = run_stage(
-            jobs,
-            work,
-            read,
-            desc="subspace",
-            weight=lambda j: j.base.nbytes * (1 + n),
-            ranges=AlignedTensor.byte_ranges,
-        )
+        # one intra-op thread per worker: tensors run in parallel instead, and a BLAS call's float sums do not
+        # depend on how many threads were free when it ran (the same rows bit for bit, cached basis or not)
+        with single_threaded():
+            results = run_stage(
+                jobs,
+                work,
+                read,
+                desc="subspace",
+                weight=lambda j: j.base.nbytes * (1 + n),
+                ranges=AlignedTensor.byte_ranges,
+            )
     finally:
         work.close()
     stats = PassStats()
