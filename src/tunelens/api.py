@@ -70,10 +70,11 @@ def diff(
     options = options or ReadOptions()
     selection = selection or Selection()
     if out is not None:
-        check_target(Path(out), force)
+        check_target(Path(out), force, inputs=[base, *tuned])
     clock = RunClock()
     b = _open(base, options)
     ts = _open_tuned(tuned, options, "diff")
+    selection.check([b, *ts])
     result = _diff(b, ts, selection=selection, options=options, device=device)
     meta = clock.metadata(
         [b.describe(), *(t.describe() for t in ts)],
@@ -86,7 +87,7 @@ def diff(
     )
     result.summary.update(meta)
     if out is not None:
-        with atomic_dir(Path(out), force=force) as tmp:
+        with atomic_dir(Path(out), force=force, inputs=[b, *ts]) as tmp:
             write_csv(tmp / "tensors.csv", result.rows, TENSOR_COLUMNS)
             write_json(tmp / "summary.json", result.summary)
     return result
@@ -111,7 +112,7 @@ def vector(
     2-D layer weight at a fixed ``rank`` or an ``energy`` threshold (see :func:`lora`).
     """
     options = options or ReadOptions()
-    check_target(Path(out), force)
+    check_target(Path(out), force, inputs=[base, tuned])
     if lora or rank is not None or energy is not None or keep_full:
         from tunelens.arithmetic.lora import LoraSpec, extract_lora
 
@@ -139,7 +140,11 @@ def apply(
     from tunelens.arithmetic.combine import apply_recipe
     from tunelens.arithmetic.spec import Recipe, load_recipe
 
+    options = options or ReadOptions()
     plan = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    base = _open(plan.base, options)
+    for term in plan.terms:  # an empty mask is an error before any data is read
+        term.selection.check([base])
     return apply_recipe(plan, out, options=options, force=force)
 
 
@@ -163,7 +168,7 @@ def lora(
 
     options = options or ReadOptions()
     spec = LoraSpec(rank=rank, energy=energy)
-    check_target(Path(out), force)
+    check_target(Path(out), force, inputs=[base, tuned])
     return extract_lora(
         _open(base, options), _open(tuned, options), out, spec, keep_full=keep_full, options=options, force=force
     )
@@ -189,15 +194,15 @@ def activations(
     from tunelens.activations.run import CSV_COLUMNS, run_activations
 
     options = options or ActivationOptions()
+    paths = None if corpus is None else [Path(c) for c in ([corpus] if isinstance(corpus, str | Path) else corpus)]
     if out is not None:
-        check_target(Path(out), force)
+        check_target(Path(out), force, inputs=[*models, *(paths or []), options.tokenizer])
     clock = RunClock()
     cks = open_models(list(models))
-    paths = None if corpus is None else [Path(c) for c in ([corpus] if isinstance(corpus, str | Path) else corpus)]
     result = run_activations(cks, paths, options)
     result.summary.update(clock.metadata([c.describe() for c in cks], definitions=definitions(options)))
     if out is not None:
-        with atomic_dir(Path(out), force=force) as tmp:
+        with atomic_dir(Path(out), force=force, inputs=[*cks, *(paths or []), options.tokenizer]) as tmp:
             write_json(tmp / "activations.json", result.summary)
             write_csv(tmp / "activations.csv", result.rows, CSV_COLUMNS)
     return result
@@ -237,7 +242,7 @@ def subspace(
     options = options or ReadOptions()
     selection = selection or Selection()
     if out is not None:
-        check_target(Path(out), force)
+        check_target(Path(out), force, inputs=[base, *tuned])
 
     def values(v: float | list[float] | tuple[float, ...] | list[int] | tuple[int, ...] | None) -> list[float]:
         return [] if v is None else [float(x) for x in (v if isinstance(v, list | tuple) else [v])]
@@ -258,6 +263,7 @@ def subspace(
     clock = RunClock()
     b = _open(base, options)
     ts = _open_tuned(tuned, options, "subspace")
+    selection.check([b, *ts])
     result = _subspace(b, ts, selection=selection, read=options, opts=opts)
     result.summary.update(
         clock.metadata(
@@ -268,7 +274,7 @@ def subspace(
         )
     )
     if out is not None:
-        with atomic_dir(Path(out), force=force) as tmp:
+        with atomic_dir(Path(out), force=force, inputs=[b, *ts]) as tmp:
             write_csv(tmp / "subspace.csv", result.rows, SUBSPACE_COLUMNS)
             write_json(tmp / "summary.json", result.summary)
     return result
@@ -311,7 +317,9 @@ def evaluate(
     if not tasks and not lm_eval_tasks:
         raise TunelensError("give at least one --task (or --lm-eval-task)")
     if out is not None:
-        check_target(Path(out), force)
+        from tunelens.arithmetic.spec import parse_vector_spec
+
+        check_target(Path(out), force, inputs=[model, *tasks, *(parse_vector_spec(a).path for a in apply)])
     specs = resolve_tasks(  # bad task names / files fail here, before the model is loaded
         list(tasks),
         data_dir=data_dir,

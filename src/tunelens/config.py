@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from tunelens.checkpoints.align import MissingPolicy, VocabPolicy
 from tunelens.checkpoints.architectures import COMPONENTS, GROUPS, Component
 from tunelens.errors import TunelensError
+
+if TYPE_CHECKING:
+    from tunelens.checkpoints.index import Checkpoint
 
 ExecutorKind = Literal["thread", "process", "ray"]
 
@@ -33,6 +37,32 @@ class Selection:
             return False
         return not (self.layers is not None and (layer is None or layer not in self.layers))
 
+    def check(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Refuse, before any data is read, a selection that names layers the first checkpoint lacks,
+        components it has none of, or that keeps none of its tensors (one line: asked vs. exists)."""
+        if not checkpoints:
+            return
+        ck = checkpoints[0]
+        parts = [p for name, info in ck.tensors.items() for p in ck.arch.parts(name, info.shape)]
+        layers = sorted({p.layer for p in parts if p.layer is not None})
+        comps = [c for c in COMPONENTS if any(p.component == c for p in parts)]
+        if self.layers is not None:
+            absent = [x for x in self.layers if x not in layers]
+            if absent:
+                has = f"layers {format_layers(layers)}" if layers else "it has no numbered layers"
+                raise TunelensError(f"--layers {format_layers(absent)} not in {ck.name} ({has})")
+        if self.components == ():
+            raise TunelensError("the selection names no component (--components and --only have none in common)")
+        if self.components is not None and not any(c in comps for c in self.components):
+            raise TunelensError(
+                f"--components {','.join(self.components)}: {ck.name} has none of them (it has {', '.join(comps)})"
+            )
+        if not any(self.keeps(p.layer, p.component) for p in parts):
+            asked = [f"--components {','.join(self.components)}"] if self.components is not None else []
+            asked += [f"--layers {format_layers(self.layers)}"] if self.layers is not None else []
+            asked += ["--no-embeddings"] if not self.embeddings else []
+            raise TunelensError(f"{' with '.join(asked) or 'the selection'} keeps no tensor of {ck.name}")
+
     def describe(self) -> dict[str, object]:
         return {
             "components": list(self.components) if self.components else "all",
@@ -53,6 +83,7 @@ class ReadOptions:
     executor: ExecutorKind = "thread"
     address: str | None = None  # ray: "auto", "HOST:PORT", or None for a local cluster of ``workers`` CPUs
     retries: int = 3  # process / ray: re-runs of a job whose worker died (exceptions are never retried)
+    allow_nonfinite: bool = False  # NaN/Inf in inputs: analyse anyway (affected numbers null) instead of stopping
 
     def __post_init__(self) -> None:
         if self.executor not in get_args(ExecutorKind):
@@ -82,6 +113,8 @@ def parse_components(text: str | None) -> tuple[Component, ...] | None:
         else:
             names = ", ".join((*COMPONENTS, *GROUPS))
             raise TunelensError(f"unknown component {item!r}; choose from {names}")
+    if not out:
+        raise TunelensError(f"--components {text!r} names no component; e.g. q,v or attention,mlp")
     return tuple(dict.fromkeys(out))
 
 
@@ -101,7 +134,25 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
                 out.append(int(item))
     except ValueError as exc:
         raise TunelensError(f"bad --layers {text!r}: use e.g. 0-11 or 0,4,8") from exc
+    if not out:
+        raise TunelensError(f"bad --layers {text!r}: it names no layer; use e.g. 0-11 or 0,4,8")
     return tuple(sorted(set(out)))
+
+
+def format_layers(layers: Iterable[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` → ``"0-2,5,7-8"``."""
+    out: list[str] = []
+    run: list[int] = []
+    for x in sorted(set(layers)):
+        if run and x == run[-1] + 1:
+            run.append(x)
+            continue
+        if run:
+            out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [x]
+    if run:
+        out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ",".join(out)
 
 
 def check_device(device: str) -> str:

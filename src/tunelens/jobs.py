@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
+    from tunelens.checkpoints.stream import ByteRange
     from tunelens.config import ReadOptions
 
 J = TypeVar("J")
@@ -38,9 +39,11 @@ def iter_jobs(
     executor: str = "thread",
     address: str | None = None,
     retries: int = 3,
+    starting: Callable[[int], None] | None = None,
 ) -> Iterator[R]:
     """Yield ``fn(job)`` for each job, in order, with at most ``workers`` jobs in flight
-    (``2 × workers`` for the process and ray executors)."""
+    (``2 × workers`` for the process and ray executors). ``starting(i)`` is called as job ``i`` is
+    handed out (the readahead of the stages that read tensors)."""
     from tqdm import tqdm
 
     total = sum(weight(j) for j in jobs) if weight else len(jobs)
@@ -56,6 +59,10 @@ def iter_jobs(
     def done(job: J) -> None:
         bar.update(weight(job) if weight else 1)
 
+    def start(i: int) -> None:
+        if starting is not None:
+            starting(i)
+
     try:
         if executor == "process":
             from tunelens.executors import iter_process
@@ -68,23 +75,25 @@ def iter_jobs(
             yield from iter_ray(jobs, fn, workers=workers, address=address, retries=retries, on_done=done)
             return
         if workers <= 1:
-            for job in jobs:
+            for i, job in enumerate(jobs):
+                start(i)
                 yield fn(job)
                 bar.update(weight(job) if weight else 1)
             return
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending: list[tuple[J, Future[R]]] = []
-            it = iter(jobs)
-            for job in it:
-                pending.append((job, pool.submit(fn, job)))
-                if len(pending) >= workers:
-                    break
+            submitted = 0
+            while submitted < len(jobs) and len(pending) < workers:
+                start(submitted)
+                pending.append((jobs[submitted], pool.submit(fn, jobs[submitted])))
+                submitted += 1
             while pending:
                 job, fut = pending.pop(0)
                 result = fut.result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.append((nxt, pool.submit(fn, nxt)))
+                if submitted < len(jobs):
+                    start(submitted)
+                    pending.append((jobs[submitted], pool.submit(fn, jobs[submitted])))
+                    submitted += 1
                 bar.update(weight(job) if weight else 1)
                 yield result
     finally:
@@ -92,20 +101,35 @@ def iter_jobs(
 
 
 def run_stage(
-    jobs: Sequence[J], fn: Callable[[J], R], options: ReadOptions, *, desc: str, weight: Callable[[J], int]
+    jobs: Sequence[J],
+    fn: Callable[[J], R],
+    options: ReadOptions,
+    *,
+    desc: str,
+    weight: Callable[[J], int],
+    ranges: Callable[[J], list[ByteRange]] | None = None,
 ) -> list[R]:
     """All results of :func:`iter_jobs` in job order, with the executor, workers and quietness of a
-    stage's :class:`ReadOptions`."""
-    return list(
-        iter_jobs(
-            jobs,
-            fn,
-            workers=options.workers,
-            desc=desc,
-            quiet=options.quiet,
-            weight=weight,
-            executor=options.executor,
-            address=options.address,
-            retries=options.retries,
-        )  # fmt: skip
-    )
+    stage's :class:`ReadOptions`; with ``ranges`` (the bytes a job reads), the next jobs' bytes are
+    read ahead (:class:`~tunelens.checkpoints.stream.Readahead`)."""
+    from tunelens.checkpoints.stream import Readahead
+
+    readahead = Readahead([ranges(j) for j in jobs]) if ranges is not None else None
+    try:
+        return list(
+            iter_jobs(
+                jobs,
+                fn,
+                workers=options.workers,
+                desc=desc,
+                quiet=options.quiet,
+                weight=weight,
+                executor=options.executor,
+                address=options.address,
+                retries=options.retries,
+                starting=readahead,
+            )  # fmt: skip
+        )
+    finally:
+        if readahead is not None:
+            readahead.close()

@@ -174,3 +174,35 @@ def write_config(folder: Path, **changes: Any) -> None:
     cfg = json.loads(p.read_text())
     cfg.update(changes)
     p.write_text(json.dumps(cfg, indent=2))
+
+
+def make_lora(base: Path, dst: Path, *, seed: int = 2, std: float = 0.05, **config: Any) -> Path:
+    """Save a PEFT LoRA adapter of the model in ``base`` with random (non-zero) factors.
+
+    ``config`` are ``peft.LoraConfig`` fields (``target_modules``, ``r``, ``lora_alpha``, ``rank_pattern``,
+    ``modules_to_save``, ``use_rslora``, ``fan_in_fan_out``...). Every trainable tensor (both factors, saved
+    modules, trained biases) gets seeded N(0, std) noise, so the adapter changes the model.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(**config))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(peft_model.named_parameters()):
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * std)
+    peft_model.save_pretrained(str(dst))
+    return Path(dst)
+
+
+def merge_lora(base: Path, adapter: Path, dst: Path) -> Path:
+    """PEFT's own ``merge_and_unload`` of ``adapter`` onto ``base``, saved as a model folder (the reference)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(dst))
+    return Path(dst)

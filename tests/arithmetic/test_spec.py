@@ -29,7 +29,6 @@ from tunelens.errors import TunelensError
         ("med=/abs/ft-med:-2.5e-1", "med", "/abs/ft-med", -0.25),
         ("runs/a=b/ft", "ft", "runs/a=b/ft", 1.0),  # '=' after a '/' is part of the path
         ("ft:+.5", "ft", "ft", 0.5),
-        ("ft:abc", "ft:abc", "ft:abc", 1.0),  # not a number: part of the path
     ],
 )
 def test_parse_vector_spec(text: str, name: str, path: str, scale: float) -> None:
@@ -41,6 +40,19 @@ def test_parse_vector_spec_errors() -> None:
     for bad in ("", "med=", "med=:1"):
         with pytest.raises(TunelensError):
             parse_vector_spec(bad)
+    # a typo in λ names the λ (not "no such file ft:abc"); λ must be a finite float64
+    for bad, message in [("ft:abc", "λ 'abc' is not a number"), ("med=ft:", "λ '' is not a number"),
+                         ("ft:1e400", "λ 1e400 is not a finite"), ("ft:-1e309", "not a finite")]:  # fmt: skip
+        with pytest.raises(TunelensError, match=message):
+            parse_vector_spec(bad)
+
+
+def test_a_path_holding_a_colon_still_works(tmp_path: Path) -> None:
+    folder = tmp_path / "run:abc"
+    folder.mkdir()
+    spec = parse_vector_spec(f"med={folder}")
+    assert (spec.name, spec.path, spec.scale) == ("med", folder, 1.0)
+    assert parse_vector_spec(f"{folder}:-2").scale == -2.0
 
 
 def test_sizes_and_component_scales() -> None:

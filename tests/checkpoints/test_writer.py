@@ -90,7 +90,7 @@ def test_atomic_dir_cleans_up_on_enospc(tmp_path: Path, monkeypatch: pytest.Monk
     def full(*args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(TunelensError, match="no space left"), atomic_dir(target) as tmp:
+    with pytest.raises(TunelensError, match="no space left"), atomic_dir(target, inputs=()) as tmp:
         with ShardedWriter(tmp, _plan(ts)) as w:
             monkeypatch.setattr(os, "pwrite", full)
             w.write("a", ts["a"])
@@ -100,9 +100,9 @@ def test_atomic_dir_cleans_up_on_enospc(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_atomic_dir_refuses_existing(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
-    with pytest.raises(TunelensError, match="already exists.*--force"), atomic_dir(tmp_path / "out"):
+    with pytest.raises(TunelensError, match="already exists.*--force"), atomic_dir(tmp_path / "out", inputs=()):
         pass
-    with atomic_dir(tmp_path / "out", force=True) as tmp:
+    with atomic_dir(tmp_path / "out", force=True, inputs=()) as tmp:
         (tmp / "x").write_text("new")
     assert (tmp_path / "out" / "x").read_text() == "new"
 
@@ -116,7 +116,7 @@ def test_real_full_disk_on_tmpfs(tmp_path: Path) -> None:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
     try:
         big = {"w": torch.randn(1024, 1024)}  # 4 MiB > 1 MiB
-        with pytest.raises(TunelensError, match="no space left"), atomic_dir(mnt / "out") as tmp:
+        with pytest.raises(TunelensError, match="no space left"), atomic_dir(mnt / "out", inputs=()) as tmp:
             with ShardedWriter(tmp, _plan(big)) as w:
                 w.write("w", big["w"])
         assert list(mnt.iterdir()) == []

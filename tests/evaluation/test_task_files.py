@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tunelens.data import benchmarks_dir
 from tunelens.errors import TunelensError
 from tunelens.evaluation.items import fewshot_for, load_rows
 from tunelens.evaluation.prompts import build_prompt
@@ -22,10 +23,9 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_builtin_needs_a_data_dir(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+def test_builtin_reads_bundled_data_unless_overridden(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
     monkeypatch.delenv(DATA_ENV, raising=False)
-    with pytest.raises(TunelensError, match="--data-dir"):
-        resolve_task("mmlu_medical")
+    assert resolve_task("mmlu_medical").data == benchmarks_dir() / "mmlu" / "medical.test.jsonl"
     task = resolve_task("mmlu_medical", data_dir=data_dir)
     assert task.data == data_dir / "mmlu" / "medical.test.jsonl" and task.kind == "multiple_choice"
     monkeypatch.setenv(DATA_ENV, str(data_dir))

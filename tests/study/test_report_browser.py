@@ -1,5 +1,6 @@
 """The study report in a real browser: headless Chromium loads it, every section and image renders,
-no console errors, and a screenshot is saved.
+no console errors, a screenshot is saved, and at a laptop's 1280-pixel window nothing is wider than
+the window (wide tables scroll inside their own boxes).
 
 Chromium comes from Debian's ``chromium`` package (`.ci/run` installs it). Without it the test is
 skipped on a developer's machine, but fails where ``TUNELENS_REQUIRE_BROWSER=1`` (CI sets it).
@@ -7,6 +8,8 @@ skipped on a developer's machine, but fails where ``TUNELENS_REQUIRE_BROWSER=1``
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 import shutil
@@ -87,3 +90,53 @@ def test_the_browser_check_catches_a_broken_page(study: Path, tmp_path: Path) ->
     images, broken = _loaded(res.stdout)
     assert broken == 1 and images >= 6
     assert _console_errors(res.stderr), res.stderr[-2000:]
+
+
+# Run in the page after load: every element outside a horizontally scrolling box must lie inside the
+# viewport; the result goes into a body attribute that --dump-dom prints.
+LAYOUT_PROBE = """<script>
+window.addEventListener("load", function () {
+  var vw = document.documentElement.clientWidth;
+  function insideScroller(el) {
+    for (var a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+      var o = getComputedStyle(a).overflowX;
+      if (o === "auto" || o === "scroll" || o === "hidden") return true;
+    }
+    return false;
+  }
+  var out = [], boxes = 0, scrolling = 0, all = document.body.getElementsByTagName("*");
+  for (var i = 0; i < all.length; i++) {
+    var el = all[i];
+    if (el.classList.contains("table-scroll")) { boxes++; if (el.scrollWidth > el.clientWidth) scrolling++; }
+    if (insideScroller(el)) continue;
+    var r = el.getBoundingClientRect();
+    if (r.right > vw + 0.5 || r.left < -0.5) out.push(el.tagName + " " + Math.round(r.right));
+  }
+  document.body.setAttribute("data-layout", JSON.stringify({viewport: vw, page: document.documentElement.scrollWidth,
+    boxes: boxes, scrolling: scrolling, outside: out.slice(0, 10), n_outside: out.length}));
+});
+</script></body>"""
+
+
+def _layout(page: str, tmp: Path, name: str) -> dict[str, object]:
+    probe = tmp / f"{name}.html"
+    probe.write_text(page.replace("</body>", LAYOUT_PROBE))
+    res = _run(probe, tmp, "--dump-dom", "--window-size=1280,900")
+    m = re.search(r'data-layout="([^"]*)"', res.stdout)
+    assert m, res.stderr[-2000:]
+    layout: dict[str, object] = json.loads(html.unescape(m[1]))
+    return layout
+
+
+def test_report_fits_a_laptop_window(study: Path, tmp_path: Path) -> None:
+    page = (study / "report.html").read_text()
+    layout = _layout(page, tmp_path, "fit")
+    assert 1200 <= int(str(layout["viewport"])) <= 1280  # the window less its scrollbar
+    assert layout["n_outside"] == 0, layout["outside"]
+    assert layout["page"] == layout["viewport"]  # no horizontal scrolling of the page itself
+    assert int(str(layout["boxes"])) >= 5 and int(str(layout["scrolling"])) >= 1  # a wide table scrolls in its box
+    # the same probe on the page with the scroll boxes switched off finds the wide table past the edge
+    unboxed = _layout(
+        page.replace("</style>", ".table-scroll { overflow: visible !important; }</style>"), tmp_path, "off"
+    )
+    assert int(str(unboxed["n_outside"])) > 0 and int(str(unboxed["page"])) > int(str(unboxed["viewport"]))

@@ -9,6 +9,7 @@ corpus: one layer's block is alive at a time.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from tunelens.activations.corpus import TokenizedCorpus
 from tunelens.activations.hooks import mlp_activation_hooks
 from tunelens.activations.options import Pattern
 from tunelens.activations.store import PatternStore
+from tunelens.errors import TunelensError
 from tunelens.jobs import show_progress
 
 
@@ -35,14 +37,17 @@ class ModelCounts:
     tokens: int
     active: tuple[int, ...]
     seconds: float
+    nonfinite: tuple[int, ...] = ()  # NaN / Inf activation values per layer (only with allow_nonfinite)
 
     def summary(self) -> dict[str, Any]:
         denom = float(self.tokens) * self.d_ff
-        fraction = [a / denom for a in self.active]
+        bad = self.nonfinite or (0,) * self.layers
+        fraction = [math.nan if n else a / denom for a, n in zip(self.active, bad, strict=True)]
         return {
             "name": self.name,
             "fraction_active": fraction,
             "mean": float(np.mean(fraction)),
+            "nonfinite_activations": list(bad),
             "tokens": self.tokens,
             "layers": self.layers,
             "d_ff": self.d_ff,
@@ -62,6 +67,7 @@ def collect(
     refs: tuple[PatternStore, ...] = (),
     pairs: tuple[PairSums, ...] = (),
     quiet: bool = False,
+    allow_nonfinite: bool = False,
 ) -> ModelCounts:
     """Run ``model`` over every batch of ``corpus``; ``pairs[i]`` compares ``refs[i]`` with this model."""
     from tqdm import tqdm
@@ -98,13 +104,25 @@ def collect(
                 taps.expect(*ids.shape)
                 backbone(input_ids=ids, use_cache=False)
                 taps.check()
+                if any(taps.nonfinite) and not allow_nonfinite:
+                    raise _nonfinite_error(name, taps.nonfinite, where["row"] + batch.tokens)
                 where["row"] += batch.tokens
                 bar.update(batch.tokens)
-            layers, d_ff = taps.layers, taps.d_ff
+            layers, d_ff, nonfinite = taps.layers, taps.d_ff, tuple(taps.nonfinite)
     finally:
         bar.close()
     if where["row"] != corpus.tokens:
         raise RuntimeError(f"{name}: counted {where['row']} tokens, the corpus has {corpus.tokens}")
     for acc in pairs:
         acc.tokens = corpus.tokens
-    return ModelCounts(name, layers, d_ff, corpus.tokens, tuple(int(a) for a in active), time.perf_counter() - started)
+    active_counts = tuple(int(a) for a in active)
+    return ModelCounts(name, layers, d_ff, corpus.tokens, active_counts, time.perf_counter() - started, nonfinite)
+
+
+def _nonfinite_error(name: str, nonfinite: list[int], tokens: int) -> TunelensError:
+    layer = next(i for i, n in enumerate(nonfinite) if n)
+    return TunelensError(
+        f"{name}: {nonfinite[layer]} non-finite (NaN/Inf) MLP activations in layer {layer} within the first "
+        f"{tokens} tokens: its weights hold NaN/Inf or the run dtype overflows; pass --allow-nonfinite to "
+        "analyse it anyway (the affected layers' numbers are then null)"
+    )

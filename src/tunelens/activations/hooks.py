@@ -108,6 +108,7 @@ class Taps:
         self.d_ff = d_ff
         self.sink = sink
         self.fired = [0] * len(sites)
+        self.nonfinite = [0] * len(sites)  # NaN / Inf activation values seen per layer, over every forward
         self._shape: tuple[int, int] | None = None
 
     @property
@@ -133,6 +134,11 @@ class Taps:
                 "(call Taps.expect before the forward)"
             )
         self.fired[layer] += 1
+        # NaN > 0 is False: a NaN would silently count as inactive. The float32 sum is NaN/Inf exactly when
+        # some value is (or when finite values overflow it: the exact count below then finds none); it
+        # costs ~1/20 of an elementwise isfinite pass (4 vs 77 ms on an 8x512x1536 float32 block, 1 thread)
+        if not bool(torch.isfinite(values.sum(dtype=torch.float32))):
+            self.nonfinite[layer] += int(values.numel() - int(torch.isfinite(values).sum()))
         self.sink(layer, values > 0)
 
 

@@ -36,6 +36,7 @@ class ActivationOptions:
     text_field: str = "text"
     tokenizer: Path | None = None
     quiet: bool = False
+    allow_nonfinite: bool = False  # NaN / Inf activations: analyse anyway, affected layers null (else an error)
 
     def __post_init__(self) -> None:
         if self.seq_len < 2:
@@ -104,4 +105,7 @@ def definitions(options: ActivationOptions) -> dict[str, str]:
         "disk_bytes = their sum, the peak temporary disk use (removed at the end)",
         "models_resident": "one model in memory at a time; later models are compared with the stored patterns "
         "of earlier ones token by token while they run",
+        "nonfinite": "models[].nonfinite_activations: per layer, the number of NaN / Inf values of the read "
+        "activation (all positions, BOS included). Any is an error unless --allow-nonfinite; then that layer's "
+        "fraction_active, every pair's distances at that layer, and the means over layers are null",
     }

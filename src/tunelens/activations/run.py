@@ -10,8 +10,10 @@ bytes per token for the token file, in a temporary folder removed at the end (``
 from __future__ import annotations
 
 import gc
+import math
 import shutil
 import tempfile
+import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +45,12 @@ class ActivationResult:
 
     summary: dict[str, Any]
     rows: list[dict[str, Any]]
+
+    def to_pandas(self) -> Any:
+        """Tidy pandas frames of this result, equal to ``tunelens.load`` of its output folder."""
+        from tunelens.frames import activations_results
+
+        return activations_results(self.summary)
 
 
 def run_activations(
@@ -91,6 +99,7 @@ def run_activations(
                         refs=tuple(s for _, s in stores[: len(new)]),
                         pairs=new,
                         quiet=options.quiet,
+                        allow_nonfinite=options.allow_nonfinite,
                     )
                 )
                 pairs.extend(new)
@@ -107,11 +116,12 @@ def run_activations(
                 s.close()
         pattern_bytes = sum(s.path.stat().st_size for _, s in stores)
         token_bytes = corpus.path.stat().st_size
+    _warn_nonfinite(counts)
     order = {ck.name: i for i, ck in enumerate(models)}
     pairs.sort(key=lambda p: (order[p.a], order[p.b]))
     summary: dict[str, Any] = {
         "models": [{**c.summary(), "path": str(ck.path)} for c, ck in zip(counts, models, strict=True)],
-        "pairs": [p.summary() for p in pairs],
+        "pairs": [_null_nonfinite(p.summary(), counts) for p in pairs],
         "corpus": corpus.identity,
         "tokenizer": tokenizer_info,
         "dtype": dtype,
@@ -131,6 +141,34 @@ def run_activations(
         },
     }
     return ActivationResult(summary, long_rows(summary))
+
+
+def _null_nonfinite(pair: dict[str, Any], counts: list[ModelCounts]) -> dict[str, Any]:
+    """With ``--allow-nonfinite``: a pair's per-layer values where either model had NaN / Inf activations,
+    and the means over layers, become NaN (null in JSON, empty in CSV); the run warns once per pair."""
+    bad_of = {c.name: c.nonfinite or (0,) * c.layers for c in counts}
+    bad = [i for i, (x, y) in enumerate(zip(bad_of[pair["a"]], bad_of[pair["b"]], strict=True)) if x or y]
+    if not bad:
+        return pair
+    out = dict(pair)
+    for key, values in pair.items():
+        if isinstance(values, list) and len(values) == len(bad_of[pair["a"]]):
+            out[key] = [math.nan if i in bad else v for i, v in enumerate(values)]
+    out["sums"] = {k: [None if i in bad else v for i, v in enumerate(vs)] for k, vs in pair["sums"].items()}
+    out["mean"] = out["hamming_mean"] = math.nan
+    return out
+
+
+def _warn_nonfinite(counts: list[ModelCounts]) -> None:
+    for c in counts:
+        bad = [i for i, n in enumerate(c.nonfinite) if n]
+        if bad:
+            warnings.warn(
+                f"{c.name}: {sum(c.nonfinite)} non-finite (NaN/Inf) MLP activations in layer(s) "
+                f"{', '.join(map(str, bad))}; those layers' numbers and the means over layers are null "
+                "(--allow-nonfinite)",
+                stacklevel=3,
+            )
 
 
 def long_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ final offset (one copy, any order, two tensors in flight by default).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,17 @@ from tunelens.arithmetic.card import copy_side_files, write_card
 from tunelens.arithmetic.merges import add_update, tensor_update
 from tunelens.arithmetic.spec import Recipe
 from tunelens.checkpoints.align import AlignedTensor, Alignment, align
+from tunelens.checkpoints.gguf import side_files as gguf_side_files
 from tunelens.checkpoints.index import VECTOR_META, Checkpoint, TensorInfo, open_checkpoint
 from tunelens.checkpoints.output import atomic_dir, check_target
-from tunelens.checkpoints.stream import ST_DTYPES, TORCH_DTYPES, ReaderPool, Scratch, ScratchPool, TensorReader
-from tunelens.checkpoints.writer import PlannedTensor, ShardedWriter, WriteTarget, write_at
+from tunelens.checkpoints.stream import ST_DTYPES, TORCH_DTYPES, TensorReader, row_block
+from tunelens.checkpoints.writer import PlannedTensor, ShardedWriter, WriteTarget, write_rows
 from tunelens.config import ReadOptions
 from tunelens.errors import TunelensError
 from tunelens.jobs import run_stage
 from tunelens.provenance import RunClock
 from tunelens.report.tables import write_json
+from tunelens.vectors.source import NONFINITE_HINT, TauSource
 
 OUT_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -139,66 +142,130 @@ def part_scales(plan: ApplyPlan, job: AlignedTensor) -> list[list[float]]:
     return [[t.scale_for(p.layer, p.component) for p in job.parts] for t in plan.recipe.terms]
 
 
-def compute_tensor(
-    plan: ApplyPlan, job: OutJob, reader: TensorReader, scratch: Scratch | None = None
-) -> tuple[torch.Tensor, bool]:
-    """The output tensor of ``job`` and whether it was edited (False: the target's stored bytes).
+#: rows per block are chosen so one float32 block holds about this many bytes (apply's memory per worker is
+#: a few blocks, whatever the model's size)
+BLOCK_BYTES = 64 * 1024**2
 
-    With ``scratch``, the result lives in its buffers (valid until the next call on that scratch).
-    """
-    scratch = scratch or Scratch()
-    raw = scratch.read("target", job.info, reader)
+
+@dataclass(frozen=True)
+class Block:
+    """Rows ``[start, stop)`` of one output tensor: the unit of apply's work."""
+
+    job: OutJob
+    start: int
+    stop: int
+
+    def byte_ranges(self) -> list[tuple[Path, int, int]]:
+        """What this block reads: these rows of the target and of the edit's stored inputs (LoRA factors whole)."""
+        aligned = self.job.aligned
+        rowwise = [self.job.info]
+        whole = []
+        if aligned is not None:
+            rowwise.append(aligned.base)
+            for term in aligned.terms:
+                rowwise += [t for t in (term.full, term.stored) if t is not None]
+                whole += [term.lowrank.a, term.lowrank.b] if term.lowrank is not None else []
+        out = []
+        for info in rowwise:
+            rows = info if len(info.shape) < 2 else row_block(info, self.start, min(self.stop, info.shape[0]))
+            if rows is not None and rows.begin >= 0 and rows.end > rows.begin:
+                out.append((rows.file, rows.begin, rows.end))
+        return out + [(t.file, t.begin, t.end) for t in whole if t.begin >= 0]
+
+    @property
+    def nbytes(self) -> int:
+        """Stored bytes of these rows of the target."""
+        info = self.job.info
+        return info.nbytes // info.shape[0] * (self.stop - self.start) if info.shape and info.shape[0] else info.nbytes
+
+
+def plan_blocks(plan: ApplyPlan, block_bytes: int = BLOCK_BYTES) -> list[Block]:
+    """Every output tensor as row blocks when its edit is element-wise per row (``sum``, and fused parts
+    that are column slices or share one λ); whole otherwise (TIES / DARE, row-split fused parts with
+    different λ, which are merged or scaled part by part)."""
+    blocks: list[Block] = []
+    for job in plan.jobs:
+        rows = job.info.shape[0] if len(job.info.shape) >= 2 else 0
+        row_bytes = job.info.numel // rows * 4 if rows else 0
+        inputs = [job.info, *(job.aligned.infos() if job.aligned is not None else [])]
+        addressable = all(i.encoding == "safetensors" for i in inputs)  # rows of GGUF / pickle: no byte range
+        whole = rows == 0 or row_bytes * rows <= block_bytes or not addressable
+        if not whole and job.aligned is not None:
+            scales = part_scales(plan, job.aligned)
+            row_split = any(p.dim == 0 for p in job.aligned.parts)
+            uniform = all(len(set(r)) == 1 for r in scales)
+            whole = plan.recipe.method != "sum" or (row_split and not uniform)
+        if whole:
+            blocks.append(Block(job, 0, job.info.shape[0] if job.info.shape else 1))
+            continue
+        step = max(1, block_bytes // row_bytes)
+        blocks += [Block(job, a, min(a + step, rows)) for a in range(0, rows, step)]
+    return blocks
+
+
+def compute_block(plan: ApplyPlan, block: Block, source: TauSource, reader: TensorReader) -> tuple[torch.Tensor, bool]:
+    """The output rows of ``block`` (in the output dtype) and whether they were edited (False: the target's
+    stored bytes). The result lives in the reading thread's buffers, valid until its next block."""
+    job, start, stop = block.job, block.start, block.stop
+    sc = source.scratch.get()
+    whole = not job.info.shape or (start, stop) == (0, job.info.shape[0])
+    info = job.info if whole else row_block(job.info, start, stop)
+    raw = sc.read("target", info, reader) if info is not None else sc.read("target", job.info, reader)[start:stop]
     aj = job.aligned
     scales = part_scales(plan, aj) if aj is not None else []
     active = [i for i, row in enumerate(scales) if any(s != 0.0 for s in row)]
     out_dtype = TORCH_DTYPES[job.out_dtype]
-    if aj is None or not active:
-        return (raw if raw.dtype == out_dtype else scratch.get("final", out_dtype, raw.shape).copy_(raw)), False
-    rows = aj.rows
-    need_base = plan.target is not plan.base or any(plan.sources[i].kind == "model" for i in active)
-    out = raw if raw.dtype == torch.float32 else scratch.get("out", torch.float32, raw.shape).copy_(raw)
-    base_f: torch.Tensor | None = None
-    if need_base:
-        base_f = out if plan.target is plan.base else scratch.read_float("base", aj.base, reader)
-        if rows is not None:
-            base_f = base_f[:rows]
+    edit_stop = min(stop, aj.rows) if aj is not None and aj.rows is not None else stop
+    if aj is None or not active or edit_stop <= start:
+        final = raw if raw.dtype == out_dtype else sc.get("final", out_dtype, raw.shape).copy_(raw)
+        return final, False
+    out = raw if raw.dtype == torch.float32 else sc.get("out", torch.float32, raw.shape).copy_(raw)
+    need_base = any(aj.terms[i].full is not None for i in active)
+    # the target is the base (θ_pre + Σ λ τ): its rows, read once, are also the base's
+    base: bool | torch.Tensor = raw[: edit_stop - start] if plan.target is plan.base else need_base
+    read = source.read(aj, rows=(start, edit_stop), models=active, base=base)
     taus: dict[int, torch.Tensor] = {}
     for i in active:
-        t = scratch.read_float(f"tau{i}", aj.others[i], reader)
-        if rows is not None:
-            t = t[:rows]
-        if plan.sources[i].kind == "model":
-            assert base_f is not None
-            t = t.sub_(base_f)  # its own buffer: safe in place
-        taus[i] = t
+        tau = read.tau(i)
+        taus[i] = tau if tau is not None else torch.zeros(read.stop - read.start, *aj.base.shape[1:])
     recipe = plan.recipe
     update = tensor_update(aj, scales, taus, method=recipe.method, density=recipe.density, seed=recipe.seed)
-    add_update(out if rows is None else out[:rows], update, aj, scales)
+    add_update(out[: edit_stop - start], update, aj, scales)
     if out_dtype == torch.float32:
         return out, True
     if raw.dtype == out_dtype and raw is not out:  # the target's bytes are no longer needed: reuse them
         return raw.copy_(out), True
-    return scratch.get("final", out_dtype, out.shape).copy_(out), True
+    return sc.get("final", out_dtype, out.shape).copy_(out), True
 
 
 class ApplyWork:
-    """Compute one output tensor and write it (and its tied copies) at the planned places. Picklable:
+    """Compute one block of output rows and write it (and its tied copies) at the planned places. Picklable:
     the plan and paths/offsets travel; readers and scratch buffers are per thread and never do."""
 
-    def __init__(self, plan: ApplyPlan, targets: dict[str, tuple[WriteTarget, ...]]) -> None:
+    def __init__(self, plan: ApplyPlan, targets: dict[str, tuple[WriteTarget, ...]], allow_nonfinite: bool) -> None:
         self.plan, self.targets = plan, targets
-        self.readers = ReaderPool()
-        self.scratch = ScratchPool()
+        self.source = TauSource(plan.alignment, allow_nonfinite)
 
-    def __call__(self, job: OutJob) -> bool:
-        tensor, edited = compute_tensor(self.plan, job, self.readers.get(), self.scratch.get())
-        for target in self.targets[job.name]:
-            write_at(target, tensor)
+    def __call__(self, block: Block) -> bool:
+        tensor, edited = compute_block(self.plan, block, self.source, self.source.readers.get())
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            self._nonfinite(block, edited)
+        for target in self.targets[block.job.name]:
+            write_rows(target, block.start, tensor)
         return edited
 
+    def _nonfinite(self, block: Block, edited: bool) -> None:
+        name = block.job.name
+        if edited and block.job.aligned is not None:
+            msg = self.source.nonfinite(block.job.aligned, "the edited tensor")
+        else:
+            msg = f"{self.plan.target.name}'s {name} holds NaN/Inf values (copied unchanged)"
+        if not self.source.allow_nonfinite:
+            raise TunelensError(f"{msg}; nothing was written; {NONFINITE_HINT}")
+        warnings.warn(f"{msg}; written as is because of --allow-nonfinite", stacklevel=2)
+
     def close(self) -> None:
-        self.readers.close()
-        self.scratch.close()
+        self.source.close()
 
 
 def apply_recipe(
@@ -207,7 +274,7 @@ def apply_recipe(
     """Run ``recipe`` and write the edited checkpoint to ``out`` (atomically)."""
     options = options or ReadOptions()
     out = Path(out)
-    check_target(out, force)
+    check_target(out, force, inputs=[recipe.base, *(t.spec.path for t in recipe.terms)])
     clock = RunClock()
     plan = plan_apply(recipe, options)
     planned = [PlannedTensor(j.name, j.info.shape, j.out_dtype) for j in plan.jobs]
@@ -215,22 +282,31 @@ def apply_recipe(
         planned.extend(PlannedTensor(t, j.info.shape, j.out_dtype) for t in j.tied)
     order = {n: i for i, n in enumerate(plan.target.tensors)}
     planned.sort(key=lambda p: order.get(p.name, len(order)))
-    with atomic_dir(out, force=force) as tmp:
+    blocks = plan_blocks(plan)
+    with atomic_dir(out, force=force, inputs=[plan.base, plan.target, *plan.sources]) as tmp:
         with ShardedWriter(tmp, planned, max_shard_bytes=recipe.shard_bytes) as writer:
             targets = {p.name: writer.target(p.name) for p in planned}
-            work = ApplyWork(plan, {j.name: tuple(targets[n] for n in (j.name, *j.tied)) for j in plan.jobs})
+            work = ApplyWork(
+                plan, {j.name: tuple(targets[n] for n in (j.name, *j.tied)) for j in plan.jobs}, options.allow_nonfinite
+            )
             try:
-                edited = run_stage(
-                    list(plan.jobs), work, options, desc="apply",
-                    weight=lambda j: j.info.nbytes * (1 + len(plan.sources)),
+                edited_blocks = run_stage(
+                    blocks, work, options, desc="apply", weight=lambda b: b.nbytes * (1 + len(plan.sources)),
+                    ranges=Block.byte_ranges,
                 )  # fmt: skip
             finally:
                 work.close()
             for job_targets in work.targets.values():  # every job finished: what each was given is written
                 for target in job_targets:
                     writer.mark_written(target.planned.name)
-        copy_side_files(plan.target.path, tmp, dtype=recipe.dtype)
-        meta = _metadata(plan, edited, clock)
+        edited_by: dict[str, bool] = {}
+        for b, e in zip(blocks, edited_blocks, strict=True):
+            edited_by[b.job.name] = edited_by.get(b.job.name, False) or e
+        meta = _metadata(plan, [edited_by[j.name] for j in plan.jobs], clock)
+        if plan.target.origin.get("format") == "gguf":  # no folder to copy from: config (+ tokenizer) built
+            meta["notes"] = meta["notes"] + gguf_side_files(plan.target, tmp, dtype=recipe.dtype)
+        else:
+            copy_side_files(plan.target.path, tmp, dtype=recipe.dtype)
         write_json(tmp / VECTOR_META, meta)
         write_card(tmp / "README.md", plan, meta)
     return ApplyResult(out, meta)

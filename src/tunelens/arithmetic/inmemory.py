@@ -22,6 +22,7 @@ including one raised half-way through applying the edit.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,10 +34,11 @@ from tunelens.arithmetic.spec import Term, VectorSpec
 from tunelens.checkpoints.align import AlignedTensor, align
 from tunelens.checkpoints.architectures import Component
 from tunelens.checkpoints.index import Checkpoint, TensorInfo
-from tunelens.checkpoints.stream import ReaderPool, TensorReader
+from tunelens.checkpoints.stream import TensorReader
 from tunelens.config import ReadOptions, Selection
 from tunelens.errors import TunelensError
 from tunelens.jobs import iter_jobs
+from tunelens.vectors.source import TauSource, require_finite
 
 
 @dataclass
@@ -67,8 +69,10 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(width)
 
 
-@contextmanager
-def edited(
+EditJob = tuple[AlignedTensor, torch.Tensor, list[list[float]]]
+
+
+def plan_edits(
     model: torch.nn.Module,
     base: Checkpoint,
     terms: Sequence[tuple[Checkpoint, float]],
@@ -76,18 +80,14 @@ def edited(
     selection: Selection | None = None,
     component_scales: Sequence[tuple[Component, float]] = (),
     options: ReadOptions | None = None,
-) -> Iterator[torch.nn.Module]:
-    """Apply ``θ_base + Σ λ_i τ_i`` in place to ``model`` (loaded from ``base``); restore exactly on exit.
-
-    ``selection`` masks every term (as ``apply --only/--components/--layers``) and
-    ``component_scales`` multiplies λ per component (as ``apply --scale``, e.g. ``[("up", 0.5)]``).
-    """
+) -> tuple[TauSource, list[EditJob]]:
+    """The tensors of ``model`` that ``θ_base + Σ λ_i τ_i`` changes, each with its per-part λ (tied tensors once)."""
     options = options or ReadOptions(quiet=True)
     selection = selection or Selection()
     sources = [ck for ck, _ in terms]
     spec_terms = [Term(VectorSpec(ck.name, ck.path, float(s)), selection, tuple(component_scales)) for ck, s in terms]
     alignment = align(base, sources, vocab=options.vocab, missing=options.missing)
-    jobs: list[tuple[AlignedTensor, torch.Tensor, list[list[float]]]] = []
+    jobs: list[EditJob] = []
     tensors = resolve_tensors(model, [j.name for j in alignment.tensors])
     seen: set[int] = set()
     for job in alignment.tensors:
@@ -104,53 +104,91 @@ def edited(
             continue  # tied to a tensor already edited
         seen.add(key)
         jobs.append((job, target, per_part))
-    backups: list[_Backup] = []
-    pool = ReaderPool()
+    return TauSource(alignment, options.allow_nonfinite), jobs
 
-    def edit(item: tuple[AlignedTensor, torch.Tensor, list[list[float]]]) -> _Backup:
-        job, target, per_part = item
-        reader = pool.get()
-        stored = reader.read(job.base)
-        current = target.detach()
+
+def _edit(source: TauSource, item: EditJob, keep: bool) -> _Backup | None:
+    """Write one tensor's edit into the model; with ``keep``, the means to restore it."""
+    job, target, per_part = item
+    stored = source.readers.get().read(job.base)
+    current = target.detach()
+    backup = None
+    if keep:
         same = stored.dtype == current.dtype and torch.equal(_bits(stored), _bits(current.cpu()))
         backup = _Backup(target, job.base if same else None, None if same else current.to("cpu", copy=True))
-        new = _edited_value(reader, job, current, stored, per_part, sources)
-        with torch.no_grad():
-            target.copy_(new.to(device=target.device, dtype=target.dtype))
-        return backup
+    new = _edited_value(source, job, current, stored, per_part)
+    if not require_finite(new, f"the edit of {job.name}", allow=source.allow_nonfinite):
+        warnings.warn(f"the edit of {job.name} holds NaN/Inf values (--allow-nonfinite)", stacklevel=2)
+    with torch.no_grad():
+        target.copy_(new.to(device=target.device, dtype=target.dtype))
+    return backup
 
-    def record(item: tuple[AlignedTensor, torch.Tensor, list[list[float]]]) -> None:
-        backups.append(edit(item))
+
+@contextmanager
+def edited(
+    model: torch.nn.Module,
+    base: Checkpoint,
+    terms: Sequence[tuple[Checkpoint, float]],
+    *,
+    selection: Selection | None = None,
+    component_scales: Sequence[tuple[Component, float]] = (),
+    options: ReadOptions | None = None,
+) -> Iterator[torch.nn.Module]:
+    """Apply ``θ_base + Σ λ_i τ_i`` in place to ``model`` (loaded from ``base``); restore exactly on exit.
+
+    ``selection`` masks every term (as ``apply --only/--components/--layers``) and
+    ``component_scales`` multiplies λ per component (as ``apply --scale``, e.g. ``[("up", 0.5)]``).
+    """
+    options = options or ReadOptions(quiet=True)
+    source, jobs = plan_edits(
+        model, base, terms, selection=selection, component_scales=component_scales, options=options
+    )
+    backups: list[_Backup] = []
+
+    def record(item: EditJob) -> None:
+        backup = _edit(source, item, keep=True)
+        assert backup is not None
+        backups.append(backup)
 
     try:
         list(iter_jobs(jobs, record, workers=options.workers, desc="edit", quiet=options.quiet))
         yield model
     finally:
         try:
-            _restore(backups, pool.get())
+            _restore(backups, source.readers.get())
         finally:
-            pool.close()
+            source.close()
+
+
+def apply_in_place(
+    model: torch.nn.Module,
+    base: Checkpoint,
+    terms: Sequence[tuple[Checkpoint, float]],
+    *,
+    options: ReadOptions | None = None,
+) -> None:
+    """``θ ← θ_base + Σ λ_i τ_i`` for good, on a model loaded from ``base`` (e.g. a LoRA adapter run on its
+    base by ``evaluate`` / ``activations``): the same values :func:`edited` gives, without backups."""
+    options = options or ReadOptions(quiet=True)
+    source, jobs = plan_edits(model, base, terms, options=options)
+    try:
+        list(iter_jobs(jobs, lambda item: _edit(source, item, keep=False), workers=options.workers, quiet=True))
+    finally:
+        source.close()
 
 
 def _edited_value(
-    reader: TensorReader,
-    job: AlignedTensor,
-    current: torch.Tensor,
-    stored: torch.Tensor,
-    per_part: list[list[float]],
-    sources: list[Checkpoint],
+    source: TauSource, job: AlignedTensor, current: torch.Tensor, stored: torch.Tensor, per_part: list[list[float]]
 ) -> torch.Tensor:
+    """``float32(current) + Σ λ_i τ_i`` on the rows the plan keeps (τ against the base's ``stored`` bytes)."""
     out = current.to("cpu", dtype=torch.float32, copy=True)
-    base_f = stored.float()
-    if job.rows is not None:
-        base_f = base_f[: job.rows]
+    active = [i for i, row in enumerate(per_part) if any(v != 0.0 for v in row)]
+    rows = job.rows if job.rows is not None else (stored.shape[0] if stored.dim() else 1)
+    read = source.read(job, models=active, base=stored[:rows] if stored.dim() else stored)
     taus: dict[int, torch.Tensor] = {}
-    for i, (ck, info) in enumerate(zip(sources, job.others, strict=True)):
-        if any(v != 0.0 for v in per_part[i]):
-            tau = reader.read_float(info)
-            if job.rows is not None:
-                tau = tau[: job.rows]
-            taus[i] = tau.sub_(base_f) if ck.kind == "model" else tau
+    for i in active:
+        tau = read.tau(i)
+        taus[i] = tau if tau is not None else torch.zeros(read.stop - read.start, *job.base.shape[1:])
     update = tensor_update(job, per_part, taus)
     add_update(out if job.rows is None else out[: job.rows], update, job, per_part)
     return out

@@ -27,12 +27,13 @@ import torch
 from tunelens.checkpoints.align import AlignedTensor, align
 from tunelens.checkpoints.index import Checkpoint
 from tunelens.checkpoints.output import atomic_dir, check_target
-from tunelens.checkpoints.stream import TORCH_DTYPES, ReaderPool, to_out_in
+from tunelens.checkpoints.stream import TORCH_DTYPES, to_out_in
 from tunelens.config import ReadOptions
 from tunelens.errors import TunelensError
 from tunelens.jobs import iter_jobs
 from tunelens.provenance import RunClock
 from tunelens.report.tables import write_csv, write_json
+from tunelens.vectors.source import TauSource, require_finite, tau_definition
 
 LORA_COLUMNS = (
     "tensor",
@@ -177,18 +178,18 @@ def extract_lora(
             "into one adapter file); leave --executor out"
         )
     out = Path(out)
-    check_target(out, force)
+    check_target(out, force, inputs=[base, tuned])
     clock = RunClock()
     alignment = align(base, [tuned], vocab=options.vocab, missing=options.missing)
-    pool = ReaderPool()
+    source = TauSource(alignment, options.allow_nonfinite)
 
     def work(job: AlignedTensor) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor | None]:
-        reader = pool.get()
-        b = reader.read_float(job.base)
-        t = reader.read_float(job.others[0])
-        if job.rows is not None:
-            b, t = b[: job.rows], t[: job.rows]
-        tau = t if tuned.kind == "vector" else t.sub_(b)
+        read = source.read(job)
+        b = read.base_float()
+        tau = read.tau(0)
+        if tau is None:
+            tau = torch.zeros_like(b)
+        require_finite(tau, f"tau of {tuned.name} on {job.name}")  # an SVD of NaN/Inf has no meaning
         layer, component = base.arch.parse(job.name)
         norm = float(tau.double().norm())
         row = {"tensor": job.name, "layer": "" if layer is None else layer, "component": component,
@@ -224,7 +225,7 @@ def extract_lora(
             iter_jobs(list(alignment.tensors), work, workers=options.workers, desc="lora", quiet=options.quiet)
         )
     finally:
-        pool.close()
+        source.close()
     rows = [r for r, _, _ in results]
     tensors = {k: v for _, f, _ in results for k, v in f.items()}
     kept = [r for r in rows if r["status"].startswith("lora")]
@@ -251,7 +252,7 @@ def extract_lora(
     meta = {
         "kind": "lora_extraction",
         "definitions": {
-            "tau": "theta_ft - theta_base (float32), or as stored in a vector folder",
+            "tau": tau_definition(),
             "factors": "tau = U S Vh (float64 thin SVD); B = U_r sqrt(S_r), A = sqrt(S_r) Vh_r; lora_alpha = r",
             "rank": f"fixed r = {spec.rank}"
             if spec.rank
@@ -282,7 +283,7 @@ def extract_lora(
         else 0.0,  # fmt: skip
         "alignment": alignment.report(),
     }
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=[base, tuned]) as tmp:
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(str(tmp))
         write_csv(tmp / "lora.csv", rows, LORA_COLUMNS)

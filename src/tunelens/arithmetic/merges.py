@@ -105,7 +105,15 @@ def tensor_update(
 
 
 def add_update(region: torch.Tensor, update: torch.Tensor, job: AlignedTensor, scales: list[list[float]]) -> None:
-    """``region += update`` on the parts some term edits; other parts keep their exact bits (even -0.0)."""
-    for k, part in enumerate(job.parts):
-        if any(row[k] != 0.0 for row in scales):
+    """``region += update`` on the parts some term edits; other parts keep their exact bits (even -0.0).
+
+    When every part is edited (the parts of a tensor cover it) the update is added in one step, so
+    ``region`` may then be any block of rows of the tensor.
+    """
+    edited = [any(row[k] != 0.0 for row in scales) for k in range(len(job.parts))]
+    if all(edited):
+        region.add_(update)
+        return
+    for part, on in zip(job.parts, edited, strict=True):
+        if on:
             select_part(region, part).add_(select_part(update, part))

@@ -11,12 +11,14 @@ terms, the merge method and the output options. :func:`load_recipe` reads the YA
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from tunelens.checkpoints.architectures import Component
+from tunelens.checkpoints.output import resolve_path
 from tunelens.checkpoints.writer import DEFAULT_SHARD_BYTES
 from tunelens.config import Selection, parse_components, parse_layers
 from tunelens.errors import TunelensError
@@ -53,11 +55,24 @@ def parse_vector_spec(text: str) -> VectorSpec:
     scale = 1.0
     m = _SCALE_RE.match(rest)
     if m is not None and not Path(rest).exists():
-        rest, scale = m.group("path"), float(m.group("scale"))
+        rest, scale = m.group("path"), _finite(float(m.group("scale")), m.group("scale"), text)
+    elif ":" in rest and not Path(rest).expanduser().exists():
+        head, _, lam = rest.rpartition(":")
+        where = f" and no file or folder {rest!r} exists" if head else ""
+        raise TunelensError(
+            f"vector spec {text!r}: λ {lam!r} is not a number{where}; use PATH:SCALE, e.g. {head or 'ft/'}:-1"
+        )
     if not rest:
         raise TunelensError(f"vector spec {text!r} has no path")
     path = Path(rest).expanduser()
-    return VectorSpec(name or path.resolve().name, path, scale)
+    return VectorSpec(name or resolve_path(path).name, path, scale)
+
+
+def _finite(value: float, written: str, spec: str) -> float:
+    """λ as written, refused when it is not a finite float64 (``1e400`` overflows to inf)."""
+    if not math.isfinite(value):
+        raise TunelensError(f"vector spec {spec!r}: λ {written} is not a finite number")
+    return value
 
 
 def parse_component_scales(items: list[str] | tuple[str, ...]) -> tuple[tuple[Component, float], ...]:
@@ -69,8 +84,8 @@ def parse_component_scales(items: list[str] | tuple[str, ...]) -> tuple[tuple[Co
             factor = float(value)
         except ValueError:
             factor = float("nan")
-        if not sep or factor != factor:
-            raise TunelensError(f"bad --scale {item!r}: use COMPONENT=FACTOR, e.g. mlp=0.5")
+        if not sep or not math.isfinite(factor):
+            raise TunelensError(f"bad --scale {item!r}: use COMPONENT=FACTOR with a finite number, e.g. mlp=0.5")
         for comp in parse_components(key.strip()) or ():
             if comp in out:
                 raise TunelensError(f"--scale gives component {comp} twice")
@@ -239,7 +254,7 @@ def load_recipe(path: str | Path) -> Recipe:
                 raise TunelensError(f"{where} needs path:")
             p = Path(str(item["path"])).expanduser()
             scale = _number(item.get("scale", 1.0), "scale", where)
-            spec = VectorSpec(str(item.get("name") or p.resolve().name), p, scale)
+            spec = VectorSpec(str(item.get("name") or resolve_path(p).name), p, scale)
         else:
             raise TunelensError(f"{where}: expected a spec string or a mapping")
         if not spec.path.is_absolute():
@@ -268,10 +283,12 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def _number(value: Any, key: str, where: str, *, integer: bool = False) -> float:
     """A YAML number (``bool`` is not one), else a one-line error."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and (not integer or float(value).is_integer())
-    if not ok:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or (integer and not float(value).is_integer()):
         kind = "an integer" if integer else "a number"
         raise TunelensError(f"{where}: {key} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise TunelensError(f"{where}: {key} must be a finite number, got {value!r}")
     return float(value)
 
 
@@ -289,12 +306,23 @@ def _as_text(value: Any) -> str | None:
     return str(value)
 
 
+def mask(
+    *, components: str | None = None, only: str | None = None, layers: str | None = None, embeddings: bool = True
+) -> Selection:
+    """The mask of a term from its text options (``--components``, ``--only``, ``--layers``, ``--no-embeddings``
+    or a recipe's keys): components and ``only`` groups intersect."""
+    sel = Selection(components=parse_components(components), layers=parse_layers(layers))
+    sel = intersect(sel, Selection(components=parse_components(only)))
+    return replace(sel, embeddings=embeddings)
+
+
 def _selection(data: dict[str, Any], where: str) -> Selection:
-    comps = parse_components(_as_text(data.get("components")))
-    only = parse_components(_as_text(data.get("only")))
-    sel = Selection(components=comps, layers=parse_layers(_as_text(data.get("layers"))))
-    sel = intersect(sel, Selection(components=only))
-    return replace(sel, embeddings=bool(data.get("embeddings", True)))
+    return mask(
+        components=_as_text(data.get("components")),
+        only=_as_text(data.get("only")),
+        layers=_as_text(data.get("layers")),
+        embeddings=bool(data.get("embeddings", True)),
+    )
 
 
 def _scales(value: Any, where: str) -> dict[Component, float]:

@@ -51,4 +51,6 @@ def describe_checkpoint(ck: Checkpoint) -> dict[str, Any]:
         "fused_tensors_split": fused,
         "parameters_by_component": {c: by_comp[c] for c in COMPONENTS if by_comp[c]},
         "sha256": ck.fingerprint,
+        "format": "pickle" if ck.pickle else "safetensors",
+        **ck.origin,  # GGUF: format, quantization per ggml type; hub id: hub_id, revision (commit)
     }

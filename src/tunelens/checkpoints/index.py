@@ -14,10 +14,15 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from tunelens.checkpoints.consistency import check_config_matches_weights
 from tunelens.checkpoints.naming import ArchInfo
+from tunelens.checkpoints.output import resolve_path
 from tunelens.errors import TunelensError
+
+if TYPE_CHECKING:
+    from tunelens.checkpoints.gguf import GGUFLayout
 
 #: bytes per element of each safetensors dtype
 DTYPE_SIZES: dict[str, int] = {
@@ -31,7 +36,8 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 VECTOR_META = "tunelens.json"
 
-Kind = Literal["model", "vector"]
+Kind = Literal["model", "vector", "adapter"]
+Encoding = Literal["safetensors", "pickle", "gguf"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,8 @@ class TensorInfo:
     """Where one tensor's bytes are: ``file`` and absolute byte range ``[begin, end)``.
 
     ``begin``/``end`` are -1 for tensors of a pickle checkpoint (read whole, see ``allow_pickle``).
+    A ``gguf`` tensor's range holds its stored (possibly quantized) bytes and ``gguf`` says how to
+    turn them into the Hugging Face tensor; ``shape`` and ``dtype`` are always what a read returns.
     """
 
     name: str
@@ -47,6 +55,8 @@ class TensorInfo:
     file: Path
     begin: int
     end: int
+    encoding: Encoding = "safetensors"
+    gguf: GGUFLayout | None = None
 
     @property
     def numel(self) -> int:
@@ -76,8 +86,9 @@ class Checkpoint:
     files: tuple[Path, ...]
     fingerprint: str  # sha256 over config.json + index / safetensors headers
     kind: Kind = "model"
-    meta: dict[str, Any] = field(default_factory=dict)  # tunelens.json of a vector folder
+    meta: dict[str, Any] = field(default_factory=dict)  # tunelens.json of a vector folder; an adapter's config
     pickle: bool = False
+    origin: dict[str, Any] = field(default_factory=dict)  # hub id + commit; GGUF format + quantization
 
     @property
     def total_bytes(self) -> int:
@@ -89,7 +100,7 @@ class Checkpoint:
 
     def describe(self) -> dict[str, Any]:
         """Identity of this input for provenance metadata."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "path": str(self.path),
             "kind": self.kind,
@@ -97,7 +108,11 @@ class Checkpoint:
             "bytes": self.total_bytes,
             "tensors": len(self.tensors),
             "shards": len(self.files),
+            **self.origin,
         }
+        if self.kind == "adapter":
+            out["adapter"] = self.config["adapter"]
+        return out
 
 
 def split_spec(spec: str | Path) -> tuple[str | None, Path]:
@@ -111,19 +126,36 @@ def split_spec(spec: str | Path) -> tuple[str | None, Path]:
 
 
 def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, name: str | None = None) -> Checkpoint:
-    """Open a model or vector folder (``path`` or ``name=path``), reading headers only."""
+    """Open a model or vector folder, a ``.gguf`` file or a cached Hugging Face id (``path``,
+    ``org/name[@revision]``, or either as ``name=...``), reading headers only."""
+    from dataclasses import replace
+
+    from tunelens.checkpoints import gguf, hub
+
     spec_name, path = split_spec(spec)
     path = path.expanduser()
-    label = name or spec_name or path.resolve().name
-    if not path.exists():
-        raise TunelensError(f"{path}: no such file or folder")
+    origin: dict[str, Any] = {}
+    label = name or spec_name
+    if path.is_symlink():
+        resolve_path(path)  # a symlink loop is one clear line
+    if not path.exists():  # an existing local path wins over a hub id
+        if not hub.looks_like_hub_id(str(path)):
+            raise TunelensError(f"{path}: no such file or folder")
+        snap = hub.resolve_hub_id(str(path))
+        path, origin = snap.folder, snap.describe()
+        label = label or snap.repo_id.split("/")[-1]
+    gguf_file = gguf.find_gguf(path)
+    if gguf_file is not None:
+        ck = gguf.open_gguf(gguf_file, label or (resolve_path(path).name if path.is_dir() else gguf_file.stem))
+        return replace(ck, origin={**origin, **ck.origin})
+    label = label or resolve_path(path).name
+    if path.is_dir():
+        from tunelens.checkpoints.adapter import is_adapter_folder, open_adapter
+
+        if is_adapter_folder(path):
+            return replace(open_adapter(path, label), origin=origin)
     if path.is_file():
-        if path.suffix == ".gguf":
-            raise TunelensError(
-                f"{path}: GGUF files are quantized llama.cpp checkpoints; tunelens reads unquantized "
-                "safetensors folders (convert with transformers' GGUF loader first)"
-            )
-        raise TunelensError(f"{path}: expected a model folder (config.json + safetensors), got a file")
+        raise TunelensError(f"{path}: expected a model folder (config.json + safetensors) or a .gguf file, got a file")
     config = _read_config(path)
     _refuse_quantized_config(path, config)
     meta: dict[str, Any] = {}
@@ -139,10 +171,7 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, name: str |
     if index_path.exists():
         index_bytes = _read_bytes(index_path)
         digest.update(index_bytes)
-        try:
-            weight_map: dict[str, str] = json.loads(index_bytes)["weight_map"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise TunelensError(f"{index_path}: not a valid safetensors index ({exc})") from exc
+        weight_map = _weight_map(index_path, index_bytes)
         files = list(dict.fromkeys(weight_map.values()))
         tensors: dict[str, TensorInfo] = {}
         for fname in files:
@@ -151,12 +180,9 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, name: str |
                 raise TunelensError(f"{index_path} names shard {fname}, which is missing")
             infos, header = read_safetensors_header(shard)
             digest.update(header + _edges(shard, len(header)))
+            _check_no_twice(infos, tensors, fname)
             tensors.update(infos)
-        missing = [n for n in weight_map if n not in tensors]
-        if missing:
-            raise TunelensError(
-                f"{path}: index lists {len(missing)} tensors absent from the shards ({missing[0]}, ...)"
-            )
+        _check_index(path, index_path, weight_map, tensors)
         shard_paths = tuple(path / f for f in files)
     elif (path / SINGLE_NAME).exists() or list(path.glob("*.safetensors")):
         singles = [path / SINGLE_NAME] if (path / SINGLE_NAME).exists() else sorted(path.glob("*.safetensors"))
@@ -171,6 +197,7 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, name: str |
         pickled = True
     _refuse_quantized_tensors(path, tensors)
     arch = ArchInfo.from_config(config)
+    check_config_matches_weights(path, config, arch, tensors)
     return Checkpoint(
         path=path,
         name=label,
@@ -182,6 +209,7 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, name: str |
         kind=kind,
         meta=meta,
         pickle=pickled,
+        origin=origin,
     )
 
 
@@ -202,7 +230,7 @@ def read_safetensors_header(shard: Path) -> tuple[dict[str, TensorInfo], bytes]:
     except OSError as exc:
         raise TunelensError(f"{shard}: cannot read ({exc.strerror})") from exc
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, object_pairs_hook=_unique_keys)
         if not isinstance(header, dict):
             raise ValueError("header is not an object")
     except (ValueError, UnicodeDecodeError) as exc:
@@ -235,6 +263,49 @@ def read_safetensors_header(shard: Path) -> tuple[dict[str, TensorInfo], bytes]:
     return infos, raw
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` hook: a key given twice is an error (JSON would silently keep the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _weight_map(index_path: Path, raw: bytes) -> dict[str, str]:
+    """The ``weight_map`` of a safetensors index: tensor name → shard file name, names unique."""
+    try:
+        data = json.loads(raw, object_pairs_hook=_unique_keys)
+        weight_map = data["weight_map"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TunelensError(f"{index_path}: not a valid safetensors index ({exc})") from exc
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise TunelensError(f"{index_path}: weight_map must map tensor names to shard file names")
+    bad = next((v for v in weight_map.values() if Path(v).name != v or v in ("", ".", "..")), None)
+    if bad is not None:
+        raise TunelensError(f"{index_path}: shard {bad!r} is not a file name in the model folder")
+    return weight_map
+
+
+def _check_no_twice(infos: dict[str, TensorInfo], seen: dict[str, TensorInfo], fname: str) -> None:
+    twice = next((n for n in infos if n in seen), None)
+    if twice is not None:
+        raise TunelensError(f"{twice} is stored twice, in {seen[twice].file.name} and {fname}")
+
+
+def _check_index(path: Path, index_path: Path, weight_map: dict[str, str], tensors: dict[str, TensorInfo]) -> None:
+    """Every tensor the index names is in the shard the index names."""
+    missing = [n for n in weight_map if n not in tensors]
+    if missing:
+        raise TunelensError(f"{path}: index lists {len(missing)} tensors absent from the shards ({missing[0]}, ...)")
+    wrong = next((n for n, f in weight_map.items() if tensors[n].file.name != f), None)
+    if wrong is not None:
+        raise TunelensError(
+            f"{index_path} places {wrong} in {weight_map[wrong]}, but it is in {tensors[wrong].file.name}"
+        )
+
+
 EDGE_BYTES = 1 << 16
 
 
@@ -263,7 +334,7 @@ def _read_bytes(p: Path) -> bytes:
 
 def _read_json(p: Path) -> dict[str, Any]:
     try:
-        data = json.loads(_read_bytes(p))
+        data = json.loads(_read_bytes(p), object_pairs_hook=_unique_keys)
     except ValueError as exc:
         raise TunelensError(f"{p}: invalid JSON ({exc})") from exc
     if not isinstance(data, dict):
@@ -274,12 +345,6 @@ def _read_json(p: Path) -> dict[str, Any]:
 def _read_config(path: Path) -> dict[str, Any]:
     cfg = path / "config.json"
     if not cfg.exists():
-        ggufs = list(path.glob("*.gguf"))
-        if ggufs:
-            raise TunelensError(
-                f"{path}: holds GGUF files ({ggufs[0].name}), which are quantized llama.cpp checkpoints; "
-                "tunelens reads unquantized safetensors folders"
-            )
         raise TunelensError(f"{path}: no config.json, not a Hugging Face model folder")
     return _read_json(cfg)
 
@@ -316,17 +381,39 @@ def _pickle_tensors(path: Path, allow_pickle: bool, digest: Any) -> tuple[dict[s
         f"{path}: loading pickle weights with torch.load(weights_only=True) because --allow-pickle was given",
         stacklevel=2,
     )
-    import torch  # noqa: PLC0415  (only on this explicit, rare path)
-
     tensors: dict[str, TensorInfo] = {}
     for b in bins:
         digest.update(b.name.encode())
-        state = torch.load(b, map_location="cpu", weights_only=True, mmap=True)
+        state = _load_pickle_state(b)
         for tname, t in state.items():
             dtype = _TORCH_TO_ST.get(str(t.dtype).removeprefix("torch."), "F32")
-            tensors[tname] = TensorInfo(tname, tuple(t.shape), dtype, b, -1, -1)
+            tensors[tname] = TensorInfo(tname, tuple(t.shape), dtype, b, -1, -1, encoding="pickle")
         del state
     return tensors, tuple(bins)
+
+
+def _load_pickle_state(b: Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True, mmap=True)``: only tensors and plain containers are ever built,
+    nothing in the file runs; anything else is one clear line."""
+    import pickle
+
+    import torch  # noqa: PLC0415  (only on this explicit, rare path)
+
+    try:
+        state = torch.load(b, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise TunelensError(
+            f"{b}: refused: it holds more than weights (torch.load weights_only=True rejected it; nothing in it "
+            "was run); convert it to safetensors with the tool that made it"
+        ) from exc
+    except (RuntimeError, ValueError, EOFError, OSError, KeyError, AttributeError) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "mmap" in why or "zip" in why:
+            why = "not a torch.save zip archive (legacy or plain pickle); re-save it with torch.save"
+        raise TunelensError(f"{b}: cannot read it as pickled weights ({why})") from exc
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise TunelensError(f"{b}: not a state dict (a mapping of names to tensors)")
+    return state
 
 
 _TORCH_TO_ST = {

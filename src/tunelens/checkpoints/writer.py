@@ -154,6 +154,27 @@ def write_at(target: WriteTarget, tensor: torch.Tensor) -> None:
         os.close(fd)
 
 
+def write_rows(target: WriteTarget, start: int, tensor: torch.Tensor) -> None:
+    """Write ``tensor`` as rows ``start...`` of the planned tensor at ``target`` (the whole tensor when it
+    has every row); its dtype and trailing dims must match the plan."""
+    p = target.planned
+    if not p.shape or (start == 0 and tuple(tensor.shape) == p.shape):
+        write_at(target, tensor)
+        return
+    rows = tensor.shape[0]
+    if ST_DTYPES.get(tensor.dtype) != p.dtype or tuple(tensor.shape[1:]) != p.shape[1:] or start + rows > p.shape[0]:
+        got = f"rows {start}+{rows} of {tensor.dtype} {tuple(tensor.shape)}"
+        raise ValueError(f"{p.name}: {got}, planned {p.dtype} {p.shape}")
+    row_bytes = p.nbytes // p.shape[0]
+    fd = os.open(target.path, os.O_WRONLY)
+    try:
+        t = tensor.contiguous()
+        if t.numel():
+            _pwrite_all(fd, memoryview(t.view(-1).view(torch.uint8).numpy()), target.offset + start * row_bytes)  # type: ignore[arg-type]
+    finally:
+        os.close(fd)
+
+
 def _write(fd: int, offset: int, p: PlannedTensor, tensor: torch.Tensor) -> None:
     if ST_DTYPES.get(tensor.dtype) != p.dtype or tuple(tensor.shape) != p.shape:
         raise ValueError(f"{p.name}: got {tensor.dtype} {tuple(tensor.shape)}, planned {p.dtype} {p.shape}")

@@ -14,6 +14,7 @@ from tunelens.cli.evaluate import evaluate_cmd
 from tunelens.cli.lora import lora_cmd
 from tunelens.cli.study import report_cmd, study_cmd
 from tunelens.cli.subspace import subspace_cmd
+from tunelens.cli.tasks import tasks_cmd
 from tunelens.cli.weights import diff_cmd, inspect_cmd, vector_cmd
 from tunelens.cli.zoo import zoo_cmd
 
@@ -25,6 +26,7 @@ cli.add_command(lora_cmd)
 cli.add_command(activations_cmd)
 cli.add_command(subspace_cmd)
 cli.add_command(evaluate_cmd)
+cli.add_command(tasks_cmd)
 cli.add_command(study_cmd)
 cli.add_command(report_cmd)
 cli.add_command(demo_cmd)

@@ -77,6 +77,12 @@ DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
     type=click.Path(path_type=Path),
     help="Tokenizer folder (default: the first model's); every model's own tokenizer must equal it.",
 )
+@click.option(
+    "--allow-nonfinite",
+    is_flag=True,
+    help="Analyse a model whose activations hold NaN/Inf (default: stop with an error); the affected layers' "
+    "numbers are null.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 def activations_cmd(
     models: tuple[str, ...],
@@ -96,6 +102,7 @@ def activations_cmd(
     work_dir: Path | None,
     text_field: str,
     tokenizer: Path | None,
+    allow_nonfinite: bool,
     quiet: bool,
 ) -> None:
     """Fraction of active FFN neurons per layer of each MODEL on a corpus, and the normalised
@@ -123,6 +130,7 @@ def activations_cmd(
         text_field=text_field,
         tokenizer=tokenizer,
         quiet=quiet,
+        allow_nonfinite=allow_nonfinite,
     )
     with transformers_output(quiet=quiet):
         result = api.activations(list(models), corpus=list(corpus) or None, out=out, options=options, force=force)

@@ -38,8 +38,29 @@ def _one_line_warning(
     click.echo(f"warning: {message}", err=True)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``tunelens --version``: versions from the installed packages' metadata (torch is not imported)."""
+    if not value or ctx.resilient_parsing:
+        return
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    click.echo(f"tunelens {__version__}")
+    click.echo(
+        f"torch {installed('torch')}, transformers {installed('transformers')}, Python {platform.python_version()}"
+    )
+    ctx.exit()
+
+
 @click.group(cls=TunelensGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(__version__, prog_name="tunelens")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the versions of tunelens and of the torch, transformers and Python it runs with.")  # fmt: skip
 def cli() -> None:
     """tunelens: what domain fine-tuning does to a language model.
 

@@ -9,6 +9,13 @@ import click
 
 from tunelens.cli.options import make_read_options, read_options
 
+COMMANDLINE = click.core.ParameterSource.COMMANDLINE
+#: options that a --recipe file holds itself (given with --recipe, they are an error)
+_RECIPE_OPTIONS = (
+    "target", "only", "components", "layers", "no_embeddings", "scales", "mean", "method", "density", "seed",
+    "dtype", "shard_size",
+)  # fmt: skip
+
 _EPILOG = """Examples:
 
 \b
@@ -63,39 +70,30 @@ def apply_cmd(base: str | None, vectors: tuple[str, ...], out: Path, recipe: Pat
     from tunelens.arithmetic.spec import (
         build_recipe,
         load_recipe,
+        mask,
         parse_component_scales,
         parse_size,
         parse_vector_spec,
     )
-    from tunelens.config import Selection, parse_components, parse_layers
     from tunelens.errors import TunelensError
 
     options = make_read_options(kw)
     force = kw.pop("force")
     if recipe is not None:
-        given = [k for k in ("only", "components", "layers", "density", "dtype") if kw.get(k)]
-        given += [k for k in ("no_embeddings", "mean") if kw.get(k)] + (["scale"] if kw.get("scales") else [])
-        defaults = {"target": "pre", "method": "sum", "seed": 0, "shard_size": "5GB"}
-        given += [k for k, v in defaults.items() if kw.get(k) != v]
+        ctx = click.get_current_context()
+        given = [f"--{k.replace('_', '-')}" for k in _RECIPE_OPTIONS if ctx.get_parameter_source(k) == COMMANDLINE]
         if base or vectors or given:
-            raise TunelensError(f"--recipe holds the whole recipe; drop BASE, -v and {', '.join(given) or 'masks'}")
+            raise TunelensError(f"--recipe holds the whole recipe; drop {', '.join(['BASE', '-v', *given])}")
         plan = load_recipe(recipe)
     else:
         if not base or not vectors:
             raise TunelensError("give BASE and at least one -v SPEC, or --recipe FILE")
-        comps = parse_components(kw["components"])
-        only = parse_components(kw["only"])
-        if comps is not None and only is not None:
-            comps = tuple(c for c in comps if c in only)
-        selection = Selection(
-            components=comps if comps is not None else only,
-            layers=parse_layers(kw["layers"]),
-            embeddings=not kw["no_embeddings"],
-        )
         plan = build_recipe(
             base,
             [parse_vector_spec(v) for v in vectors],
-            selection=selection,
+            selection=mask(
+                components=kw["components"], only=kw["only"], layers=kw["layers"], embeddings=not kw["no_embeddings"]
+            ),
             component_scales=parse_component_scales(kw["scales"]),
             mean=kw["mean"],
             target=kw["target"],

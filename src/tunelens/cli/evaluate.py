@@ -9,14 +9,15 @@ import click
 
 _EPILOG = """\b
 Examples:
-  tunelens evaluate base/ -t mmlu_medical -t pubmedqa --data-dir ../shared/data -o out/eval-base
+  tunelens evaluate base/ -t mmlu_medical -t pubmedqa -o out/eval-base
   tunelens evaluate med=ft-med/ -t mmlu_medical --num-fewshot 5 --limit 100 -o out/eval-med
   tunelens evaluate ft/ -t my_items.jsonl -t my_task.yaml -o out/eval-ft
   tunelens evaluate base/ -t format_medical --apply med=ft-med/:-1 -o out/eval-neg
   tunelens evaluate base/ -t mmlu_medical --apply med=ft-med/ --sweep 0,0.5,1 -o out/sweep
 
-Built-in tasks (data from --data-dir or $TUNELENS_DATA): mmlu_medical mmlu_math mmlu_code
-mmlu_general pubmedqa pubmedqa_rouge gsm8k format_medical format_gsm8k.
+Built-in tasks (`tunelens tasks` lists them; data bundled with tunelens unless --data-dir or
+$TUNELENS_DATA names a folder of the same layout): mmlu_medical mmlu_math mmlu_code mmlu_general
+pubmedqa pubmedqa_rouge gsm8k format_medical format_gsm8k.
 """
 
 
@@ -27,7 +28,8 @@ mmlu_general pubmedqa pubmedqa_rouge gsm8k format_medical format_gsm8k.
               "Repeatable.")  # fmt: skip
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--data-dir", type=click.Path(path_type=Path),
-              help="Folder holding mmlu/, pubmedqa/, gsm8k/ for built-in tasks (default: $TUNELENS_DATA).")  # fmt: skip
+              help="Folder holding mmlu/, pubmedqa/, gsm8k/ for built-in tasks (default: $TUNELENS_DATA, else the "
+              "copies bundled with tunelens).")  # fmt: skip
 @click.option("--num-fewshot", type=click.IntRange(0, 64), help="Few-shot examples per item (default: the task's).")
 @click.option("--limit", type=click.IntRange(1), help="Score only N items per task (recorded in results.json).")
 @click.option("--sample", "limit_mode", type=click.Choice(["first", "random"]), default="first", show_default=True,

@@ -37,41 +37,49 @@ def executor_options(fn: F) -> F:
     return fn
 
 
+VOCAB_OPTION = click.option(
+    "--vocab",
+    type=click.Choice(["error", "crop", "skip"]),
+    default="error",
+    show_default=True,
+    help="What to do when embed/lm_head row counts differ: stop with a report, compare the "
+    "shared rows, or leave those tensors out (recorded in the output).",
+)
+
+READ_OPTIONS = [
+    click.option(
+        "--missing",
+        type=click.Choice(["error", "skip"]),
+        default="error",
+        show_default=True,
+        help="Tensors of the base missing elsewhere: stop, or analyse the rest (recorded).",
+    ),
+    click.option(
+        "--allow-pickle",
+        is_flag=True,
+        help="Read pickle .bin checkpoints (unsafe: pickle can run code; weights_only=True is used).",
+    ),
+    click.option(
+        "--allow-nonfinite",
+        is_flag=True,
+        help="Analyse inputs holding NaN/Inf instead of stopping (every affected number is null).",
+    ),
+    click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Tensors in flight."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables."),
+    *EXECUTOR_OPTIONS,
+]
+
+
 def read_options(fn: F) -> F:
-    """--vocab, --missing, --allow-pickle, --workers, --quiet, and the executor options."""
-    for deco in reversed(
-        [
-            click.option(
-                "--vocab",
-                type=click.Choice(["error", "crop", "skip"]),
-                default="error",
-                show_default=True,
-                help="What to do when embed/lm_head row counts differ: stop with a report, compare the "
-                "shared rows, or leave those tensors out (recorded in the output).",
-            ),
-            click.option(
-                "--missing",
-                type=click.Choice(["error", "skip"]),
-                default="error",
-                show_default=True,
-                help="Tensors of the base missing elsewhere: stop, or analyse the rest (recorded).",
-            ),
-            click.option(
-                "--allow-pickle",
-                is_flag=True,
-                help="Read pickle .bin checkpoints (unsafe: pickle can run code; weights_only=True is used).",
-            ),
-            click.option(
-                "--workers",
-                type=click.IntRange(1, 64),
-                default=2,
-                show_default=True,
-                help="Tensors in flight.",
-            ),
-            click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables."),
-            *EXECUTOR_OPTIONS,
-        ]
-    ):
+    """--vocab, --missing, --allow-pickle, --allow-nonfinite, --workers, --quiet, and the executor options."""
+    for deco in reversed([VOCAB_OPTION, *READ_OPTIONS]):
+        fn = deco(fn)
+    return fn
+
+
+def read_options_without_vocab(fn: F) -> F:
+    """:func:`read_options` for a command that never reads embeddings (its vocabulary policy is fixed)."""
+    for deco in reversed(READ_OPTIONS):
         fn = deco(fn)
     return fn
 
@@ -95,12 +103,15 @@ def selection_options(fn: F) -> F:
 
 
 def make_read_options(kw: dict[str, Any]) -> Any:
+    """:class:`~tunelens.config.ReadOptions` from the popped values of :func:`read_options` (without
+    ``--vocab``: skip, the policy of commands that never read embeddings)."""
     from tunelens.config import ReadOptions
 
     return ReadOptions(
-        vocab=kw.pop("vocab"),
+        vocab=kw.pop("vocab", "skip"),
         missing=kw.pop("missing"),
         allow_pickle=kw.pop("allow_pickle"),
+        allow_nonfinite=kw.pop("allow_nonfinite"),
         workers=kw.pop("workers"),
         quiet=kw.pop("quiet"),
         **executor_kwargs(kw),

@@ -35,7 +35,9 @@ def study_cmd(config: Path, out: Path, resume: bool, force: bool, no_report: boo
 
     cfg = StudyConfig.from_yaml(config)
     with transformers_output(quiet=quiet):
-        runs = run_study(cfg, out, resume=resume, force=force, quiet=quiet, report=not no_report, log=say(quiet))
+        runs = run_study(
+            cfg, out, resume=resume, force=force, quiet=quiet, report=not no_report, log=say(quiet), inputs=(config,)
+        )
     summary(out, runs, not no_report)
 
 
@@ -46,12 +48,21 @@ def report_cmd(folder: Path, title: str | None) -> None:
     """Build FOLDER/report.html (images embedded) and FOLDER/figures/*.png from a study's stage outputs."""
     import json
 
+    from tunelens.errors import TunelensError
     from tunelens.report.html import build_report
 
     if title is None:
         state = folder / "study.json"
-        title = json.loads(state.read_text()).get("title", "tunelens study") if state.exists() else "tunelens report"
-    click.echo(build_report(folder, title=title))
+        try:
+            title = (
+                json.loads(state.read_text()).get("title", "tunelens study") if state.exists() else "tunelens report"
+            )
+        except (OSError, ValueError, AttributeError) as exc:
+            raise TunelensError(f"{state}: cannot read the study state ({exc})") from exc
+    try:
+        click.echo(build_report(folder, title=title))
+    except OSError as exc:
+        raise TunelensError(f"{folder}: cannot write the report there ({exc.strerror or exc})") from exc
 
 
 def summary(out: Path, runs: Sequence[StageRun], report: bool) -> None:

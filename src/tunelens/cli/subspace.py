@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tunelens.cli.options import executor_kwargs, executor_options
+from tunelens.cli.options import make_read_options, read_options_without_vocab
 from tunelens.errors import TunelensError
 
 
@@ -62,17 +62,7 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the decomposition cache.")
 @click.option("--components", metavar="LIST", help="Only these of q,k,v,o,gate,up,down (or attention, mlp).")
 @click.option("--layers", metavar="RANGES", help="Only these layers, e.g. 0-11 or 0,4,8.")
-@click.option(
-    "--missing",
-    type=click.Choice(["error", "skip"]),
-    default="error",
-    show_default=True,
-    help="Tensors of the base missing elsewhere: stop, or analyse the rest (recorded).",
-)
-@click.option("--allow-pickle", is_flag=True, help="Read pickle .bin checkpoints (unsafe; weights_only=True).")
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Tensors in flight.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables.")
-@executor_options
+@read_options_without_vocab
 @click.option("--device", default="cpu", show_default=True, help="Decompose and project on cpu or cuda[:N].")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def subspace_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> None:
@@ -83,15 +73,9 @@ def subspace_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> Non
     Writes subspace.csv and summary.json; prints a Table-4-style view.
     """
     from tunelens import api
-    from tunelens.config import ReadOptions, Selection, parse_components, parse_layers
+    from tunelens.config import Selection, parse_components, parse_layers
 
-    options = ReadOptions(
-        missing=kw["missing"],
-        allow_pickle=kw["allow_pickle"],
-        workers=kw["workers"],
-        quiet=kw["quiet"],
-        **executor_kwargs(kw),
-    )
+    options = make_read_options(kw)
     components = parse_components(kw["components"])
     bad = [c for c in components or () if c not in ("q", "k", "v", "o", "gate", "up", "down")]
     if bad:
@@ -116,34 +100,7 @@ def subspace_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> Non
         device=kw["device"],
     )
     if not options.quiet:
+        from tunelens.report.terminal import print_table4
+
         print_table4(result.summary)
     click.echo(f"wrote {out}/subspace.csv and {out}/summary.json")
-
-
-def print_table4(summary: dict[str, Any]) -> None:
-    """Paper Table 4 shape: rows = model × share kind, columns = components, cells = share (ratio)."""
-    from rich.box import SIMPLE
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False, soft_wrap=True)
-    for label, block in summary["table4"].items():
-        cols = [c for c in block["columns"] if any(r.get(c) is not None for r in block["rows"])]
-        t = Table(title=f"SSA, k by {label}: {block['aggregate']}; ratio = share / random baseline", box=SIMPLE)
-        t.add_column("model")
-        t.add_column("share")
-        for c in cols:
-            t.add_column(c, justify="right")
-        for r in block["rows"]:
-            t.add_row(r["model"], r["share"], *(_cell(r.get(c)) for c in cols))
-            t.add_row("", "ratio", *(_cell(r["ratio"].get(c)) for c in cols), style="dim")
-        console.print(t)
-    cache = summary["cache"]
-    console.print(
-        f"bases: {cache['hits']} cached, {cache['misses']} computed "
-        f"({summary['decomposition']['decompose_seconds']:.1f} s); cache: {cache['folder'] or 'off'}"
-    )
-
-
-def _cell(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"

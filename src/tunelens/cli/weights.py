@@ -28,6 +28,14 @@ def inspect_cmd(model: str, as_json: bool, allow_pickle: bool) -> None:
         from tunelens.report.terminal import print_inspect
 
         print_inspect(info)
+        if "hub_id" in info:
+            click.echo(f"hub id: {info['hub_id']} @ {info['ref']} = commit {info['revision']}")
+        if info.get("format") == "gguf":
+            quant = ", ".join(f"{t} x{n}" for t, n in info["quantization"].items())
+            size = f"{info['file_bytes']:,} bytes"
+            click.echo(f"format: gguf ({info['gguf_architecture']}, {size}); tensor types: {quant}")
+            if info["unmapped_tensors"]:
+                click.echo(f"not mapped to Hugging Face names (not read): {', '.join(info['unmapped_tensors'])}")
 
 
 @click.command("diff", epilog="Example: tunelens diff base/ med=ft-med/ math=ft-math/ -o out/diff")

@@ -43,6 +43,13 @@ class EvalResult:
                 return float(r["value"])
         raise KeyError((task, metric, variant))
 
+    def to_pandas(self) -> Any:
+        """Tidy pandas frames of this result, equal to ``tunelens.load`` of its output folder (``samples``
+        only when they were kept in memory, i.e. without ``out``)."""
+        from tunelens.frames import evaluate_results
+
+        return evaluate_results(self.summary, samples=(lambda: self.samples) if self.samples else None)
+
 
 def resolve_tasks(
     specs: Sequence[str | TaskSpec],
@@ -98,13 +105,14 @@ def evaluate(
     variants = list(variants or [AS_LOADED])
     if len({v.name for v in variants}) != len(variants):
         raise TunelensError("variant names must be unique")
+    inputs = [getattr(model, "checkpoint", model), *(s.data for s in specs), *(s.fewshot_data for s in specs)]
     if out is not None:
-        check_target(Path(out), force)
+        check_target(Path(out), force, inputs=inputs)
     clock = RunClock()
     lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
     samples: list[dict[str, Any]] = []
     with ExitStack() as stack:
-        tmp = stack.enter_context(atomic_dir(Path(out), force=force)) if out is not None else None
+        tmp = stack.enter_context(atomic_dir(Path(out), force=force, inputs=inputs)) if out is not None else None
         fh = stack.enter_context((tmp / "samples.jsonl").open("w", encoding="utf-8")) if tmp else None
 
         def sink(sample: dict[str, Any]) -> None:

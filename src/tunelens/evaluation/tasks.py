@@ -3,8 +3,9 @@
 A task is a :class:`TaskSpec`. It comes from
 
 - a built-in name (``mmlu_medical``, ``pubmedqa``, ``gsm8k``, ``format_medical``, ...): a YAML file
-  packaged in ``tunelens/evaluation/tasks/`` whose relative data paths resolve against a data
-  directory given by the user (``--data-dir`` or the ``TUNELENS_DATA`` environment variable);
+  packaged in ``tunelens/evaluation/tasks/`` whose relative data paths resolve against the benchmark
+  copies bundled in ``tunelens/data/benchmarks/``, or against a folder of the same layout given by the
+  user (``--data-dir`` or the ``TUNELENS_DATA`` environment variable);
 - a user YAML file (``--task my.yaml``): relative paths resolve against the YAML file's folder;
 - a JSONL file (``--task [name=]items.jsonl``): its schema (MMLU, PubMedQA or GSM8K rows) picks the
   packaged template, and ``<stem>.dev.jsonl`` (or ``<stem>.train200.jsonl``) beside a
@@ -24,6 +25,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from tunelens.data import benchmarks_dir
 from tunelens.errors import TunelensError
 from tunelens.evaluation.format_checks import FormatRules
 
@@ -108,13 +110,10 @@ def _packaged(name: str) -> dict[str, Any]:
 
 
 def data_root(data_dir: str | Path | None) -> Path:
-    """The folder built-in tasks read from: ``data_dir``, else ``$TUNELENS_DATA``."""
+    """The folder built-in tasks read from: ``data_dir``, else ``$TUNELENS_DATA``, else the bundled copies."""
     root = data_dir if data_dir is not None else os.environ.get(DATA_ENV)
     if not root:
-        raise TunelensError(
-            f"built-in tasks read their items from a data folder (mmlu/, pubmedqa/, gsm8k/); "
-            f"pass --data-dir DIR or set {DATA_ENV}"
-        )
+        return benchmarks_dir()
     path = Path(root).expanduser()
     if not path.is_dir():
         raise TunelensError(f"data folder {path} does not exist")

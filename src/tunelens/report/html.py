@@ -4,12 +4,17 @@ Reads only the stage outputs (``diff/summary.json``, ``subspace/summary.json``,
 ``activations/activations.json``, ``evaluate/*/results.json``), so a report can be rebuilt at any
 time; each section states its definition and a one-line reading computed from the numbers. The same
 figures are written as PNG files under ``figures/``.
+
+Layout for any window down to a laptop's: every table sits in its own horizontally scrolling box
+(``div.table-scroll``), figures scale to the page width, long words (paths, hashes) wrap; a
+headless-Chromium test checks at 1280 px that nothing but those boxes' contents is wider than the window.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 from tunelens import __version__
@@ -40,7 +45,7 @@ def build_report(folder: Path, *, title: str = "tunelens study") -> Path:
             f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>'
             f'<p class="reading"><b>Reading:</b> {html.escape(s.reading)}</p>'
             f"{_definition(s.definition)}"
-            f"{''.join(imgs)}{s.body}</section>"
+            f"{''.join(imgs)}{_scrolling_tables(s.body)}</section>"
         )
     page = _PAGE.format(
         title=html.escape(title),
@@ -54,6 +59,14 @@ def build_report(folder: Path, *, title: str = "tunelens study") -> Path:
     return out
 
 
+_TABLE = re.compile(r"<table\b[^>]*>.*?</table>", re.DOTALL)
+
+
+def _scrolling_tables(body: str) -> str:
+    """Each table in a box that scrolls sideways on its own, so a wide table never widens the page."""
+    return _TABLE.sub(lambda m: f'<div class="table-scroll">{m.group(0)}</div>', body)
+
+
 def _definition(text: str) -> str:
     if len(text) <= 400:
         return f'<p class="definition"><b>Definition:</b> {html.escape(text)}</p>'
@@ -64,12 +77,15 @@ def _definition(text: str) -> str:
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222;
+        overflow-wrap: anywhere; }}
 h1 {{ font-size: 1.6em; }} h2 {{ border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: .9em; }}
-th, td {{ border: 1px solid #ccc; padding: .25em .6em; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-img {{ max-width: 100%; display: block; margin: 1em 0; }}
+.table-scroll {{ max-width: 100%; overflow-x: auto; margin: 1em 0; }}
+table {{ border-collapse: collapse; font-size: .9em; }}
+th, td {{ border: 1px solid #ccc; padding: .25em .6em; text-align: right; overflow-wrap: normal; white-space: nowrap; }}
+th:first-child, td:first-child {{ text-align: left; position: sticky; left: 0; background: #fff; }}
+img {{ max-width: 100%; height: auto; display: block; margin: 1em 0; }}
+pre, code {{ white-space: pre-wrap; overflow-wrap: anywhere; }}
 .reading {{ background: #f3f7ff; padding: .5em; }} .definition {{ color: #555; font-size: .9em; }}
 footer {{ color: #777; font-size: .8em; margin-top: 3em; }}
 </style></head><body>

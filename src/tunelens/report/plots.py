@@ -35,9 +35,9 @@ def heatmap(names: Sequence[str], matrix: Sequence[Sequence[float]], title: str,
     n = len(names)
     fig, ax = _fig(3.2 + 1.0 * n, 1.8 + 0.9 * n)
     m = np.array(matrix, dtype=float)
-    off = [abs(m[i][j]) for i in range(n) for j in range(n) if i != j] or [1.0]
+    off = [abs(m[i][j]) for i in range(n) for j in range(n) if i != j and not np.isnan(m[i][j])] or [1.0]
     lim = max(max(off), 1e-6)
-    shown = np.ma.masked_where(np.eye(n, dtype=bool), m)
+    shown = np.ma.masked_where(np.eye(n, dtype=bool) | np.isnan(m), m)  # undefined (null) cells drawn grey too
     cmap = matplotlib_cmap("coolwarm").with_extremes(bad="#dddddd")
     im = ax.imshow(shown, cmap=cmap, vmin=-lim, vmax=lim)
     ax.set_xticks(range(n), names, rotation=30, ha="right")

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelens.errors import TunelensError
-from tunelens.report import plots
+from tunelens.frames.activations import load_activations
+from tunelens.frames.weights import load_diff
+from tunelens.report import figures, plots
 
 PAPER_COSINE = 0.9975  # paper: > 99.75% weight cosine for every pair
 PAPER_DISTANCE = 0.04  # paper Fig. 2: edit distance mostly < 0.04
@@ -52,25 +54,33 @@ def table(header: list[str], rows: list[list[Any]], fmt: str = "{:.4g}") -> str:
 
 
 def weight_cosine(folder: Path) -> Section | None:
-    """Table 15 style: weight cosine and relative change per component, per model."""
+    """Table 15 style: weight cosine and relative change per component, per model; relative change per layer
+    and per layer × component (figures drawn from the frames of ``tunelens.load``)."""
     path = folder / "diff" / "summary.json"
     if not path.exists():
         return None
-    s = load_json(path)
+    frames = load_diff(path.parent)
+    s = frames.meta
     comps = list(s["models"][0]["by_component"])
     rows = []
     for m in s["models"]:
         g = m["global"]
         rows.append([m["name"], g["cosine"], g["one_minus_cosine"], g["relative_change"]]
                     + [m["by_component"][c]["cosine"] for c in comps])  # fmt: skip
-    lowest = min(m["global"]["cosine"] for m in s["models"])
+    lowest = min((_num(m["global"]["cosine"]) for m in s["models"]), default=math.nan)
     verdict = "above" if lowest > PAPER_COSINE else "not above"
     reading = (
         f"Lowest whole-model weight cosine {lowest:.6f}: {verdict} the paper's 0.9975 for every fine-tune; "
         + "; ".join(f"{m['name']} moved most in {_argmax(m['by_component'], 'relative_change')}" for m in s["models"])
     )
     body = table(["model", "cosine", "1 - cosine", "|tau|/|W|", *[f"cos {c}" for c in comps]], rows, "{:.6g}")
-    return Section("weights", "Weight cosine per component (paper Table 15)", s["definitions"]["cosine"], reading, body)
+    per_layer = figures.per_layer(frames.layers, "relative_change", title="relative change per layer",
+                                  ylabel="‖τ‖ / ‖θ_pre‖")  # fmt: skip
+    cells = figures.layer_heatmap(frames.layer_components, "relative_change",
+                                  title="relative change ‖τ‖ / ‖θ_pre‖ per layer and component")  # fmt: skip
+    figs = {"weights_per_layer": figures.png(per_layer), "weights_layer_component": figures.png(cells)}
+    return Section("weights", "Weight cosine per component (paper Table 15)", s["definitions"]["cosine"], reading, body,
+                   figs)  # fmt: skip
 
 
 def vector_cosine(folder: Path) -> Section | None:
@@ -78,7 +88,8 @@ def vector_cosine(folder: Path) -> Section | None:
     path = folder / "diff" / "summary.json"
     if not path.exists():
         return None
-    s = load_json(path)
+    frames = load_diff(path.parent)
+    s = frames.meta
     vc = s["vector_cosine"]
     names = vc["names"]
     if len(names) < 2:
@@ -86,15 +97,18 @@ def vector_cosine(folder: Path) -> Section | None:
     block = vc["without_embeddings"]
     off = [(names[i], names[j], block["matrix"][i][j], block["baseline"]["signflip_std"][i][j])
            for i in range(len(names)) for j in range(i + 1, len(names))]  # fmt: skip
-    worst = max(off, key=lambda t: abs(t[2]))
-    rnd = block["baseline"]["random_std"]
+    off = [(a, b, _num(v), _num(sf)) for a, b, v, sf in off]  # null (undefined, e.g. a zero tau) → nan
+    worst = max(off, key=lambda t: -1.0 if math.isnan(t[2]) else abs(t[2]))
+    rnd = _num(block["baseline"]["random_std"])
     reading = (
         f"Largest |cosine| between domain vectors: {worst[2]:+.4f} ({worst[0]} vs {worst[1]}); "
         f"random-vector null std {rnd:.1e}, sign-flip null std {worst[3]:.1e}: "
         + ("near-orthogonal as in the paper" if abs(worst[2]) < 0.1 else "clearly aligned, unlike the paper's domains")
     )
-    png = plots.heatmap(names, block["matrix"], "cosine between tuning vectors (without embeddings)",
-                        f"null: random 1/sqrt(D) = {rnd:.1e}")  # fmt: skip
+    pairs_we = frames.vector_cosine[frames.vector_cosine["scope"] == "without_embeddings"]
+    fig = figures.pair_heatmap(pairs_we, "cosine", title="cosine between tuning vectors (without embeddings)",
+                               note=f"null: random 1/sqrt(D) = {rnd:.1e}")  # fmt: skip
+    png = figures.png(fig)
     rows = [[a, b, v, sf, rnd] for a, b, v, sf in off]
     body = table(["a", "b", "cosine", "sign-flip null std", "random null std"], rows, "{:+.4g}")
     comps = list(vc["by_component"])
@@ -104,6 +118,11 @@ def vector_cosine(folder: Path) -> Section | None:
     body += "<p>Per component:</p>" + table(["component", *pairs], crow, "{:+.4f}")
     return Section("vectors", "Cosine between tuning vectors (paper Fig. 3)", s["definitions"]["vector_cosine"],
                    reading, body, {"fig3_vector_cosine": png})  # fmt: skip
+
+
+def _num(v: Any) -> float:
+    """A JSON / CSV value as a float: null or an empty cell (an undefined value) is nan."""
+    return math.nan if v is None or v == "" else float(v)
 
 
 def _argmax(groups: dict[str, dict[str, Any]], key: str) -> str:
@@ -142,8 +161,8 @@ def subspace_alignment(folder: Path) -> Section | None:
     models = list(dict.fromkeys(r["model"] for r in rows))
     comps = [c for c in PAPER_COMPONENTS if any(r["component"] == c for r in rows)]
 
-    def cell(model: str, comp: str, col: str) -> float:
-        return _mean([float(r[col]) for r in rows if r["model"] == model and r["component"] == comp])
+    def cell(model: str, comp: str, col: str) -> float:  # an empty CSV cell is an undefined value: nan
+        return _mean([_num(r[col]) for r in rows if r["model"] == model and r["component"] == comp])
 
     table_rows = []
     for m in models:
@@ -180,24 +199,29 @@ def activation_patterns(folder: Path) -> Section | None:
     path = folder / "activations" / "activations.json"
     if not path.exists():
         return None
-    s = load_json(path)
-    frac = {m["name"]: m["fraction_active"] for m in s["models"]}
-    figs = {"fig1_fraction_active": plots.per_layer(frac, "fraction of active FFN neurons", "fraction active")}
-    spread = max(max(v) - min(v) for v in zip(*frac.values(), strict=True))
+    frames = load_activations(path.parent)
+    s = frames.meta
+    frac = {m["name"]: [_num(x) for x in m["fraction_active"]] for m in s["models"]}  # null → nan
+    fig = figures.per_layer(frames.layers, "fraction_active", title="fraction of active FFN neurons",
+                            ylabel="fraction active")  # fmt: skip
+    figs = {"fig1_fraction_active": figures.png(fig)}
+    spread = max((max(v) - min(v) for v in zip(*frac.values(), strict=True) if not any(map(math.isnan, v))),
+                 default=math.nan)  # fmt: skip
     tokens = s["models"][0].get("tokens")
     reading = f"Fraction active differs across models by at most {spread:.4f} at any layer ({tokens} tokens)"
     body = table(["model", *[f"L{i}" for i in range(len(next(iter(frac.values()))))]],
                  [[n, *v] for n, v in frac.items()], "{:.3f}")  # fmt: skip
     pairs = s.get("pairs", [])
     if pairs:
-        dist = {f"{p['a']}↔{p['b']}": p["distance"] for p in pairs}
-        figs["fig2_edit_distance"] = plots.per_layer(dist, "normalized edit distance of activation patterns",
-                                                     "Hamming / d_ff", hline=PAPER_DISTANCE)  # fmt: skip
+        dist = {f"{p['a']}↔{p['b']}": [_num(x) for x in p["distance"]] for p in pairs}
+        fig = figures.per_layer(frames.pairs, "distance", hue="pair", title="normalized edit distance of activation "
+                                "patterns", ylabel="Hamming / d_ff", hline=PAPER_DISTANCE)  # fmt: skip
+        figs["fig2_edit_distance"] = figures.png(fig)
         n_all = sum(len(v) for v in dist.values())
         n_low = sum(1 for v in dist.values() for x in v if x < PAPER_DISTANCE)
-        worst = max(pairs, key=lambda p: p["mean"])
+        worst = max(pairs, key=lambda p: -1.0 if p["mean"] is None else p["mean"])
         reading += (
-            f"; {n_low}/{n_all} layer distances below the paper's 0.04, largest mean {worst['mean']:.4f} "
+            f"; {n_low}/{n_all} layer distances below the paper's 0.04, largest mean {_num(worst['mean']):.4f} "
             f"({worst['a']}↔{worst['b']})"
         )
         body += "<p>Edit distance per layer:</p>" + table(

@@ -67,3 +67,30 @@ def print_diff(summary: dict[str, Any]) -> None:
         c.print(t)
         base = block["baseline"]
         c.print(f"random-vector null std 1/sqrt(D) = {base['random_std']:.2e} (D = {base['numel']:,})")
+
+
+def print_table4(summary: dict[str, Any]) -> None:
+    """Paper Table 4 shape: rows = model × share kind, columns = components, cells = share (ratio)."""
+    from rich.box import SIMPLE
+
+    console = _console()
+    for label, block in summary["table4"].items():
+        cols = [c for c in block["columns"] if any(r.get(c) is not None for r in block["rows"])]
+        t = Table(title=f"SSA, k by {label}: {block['aggregate']}; ratio = share / random baseline", box=SIMPLE)
+        t.add_column("model")
+        t.add_column("share")
+        for c in cols:
+            t.add_column(c, justify="right")
+        for r in block["rows"]:
+            t.add_row(r["model"], r["share"], *(_cell(r.get(c)) for c in cols))
+            t.add_row("", "ratio", *(_cell(r["ratio"].get(c)) for c in cols), style="dim")
+        console.print(t)
+    cache = summary["cache"]
+    console.print(
+        f"bases: {cache['hits']} cached, {cache['misses']} computed "
+        f"({summary['decomposition']['decompose_seconds']:.1f} s); cache: {cache['folder'] or 'off'}"
+    )
+
+
+def _cell(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"

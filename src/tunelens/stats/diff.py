@@ -17,11 +17,13 @@ from tunelens.checkpoints.align import AlignedTensor, Alignment, align
 from tunelens.checkpoints.architectures import COMPONENTS, GROUPS
 from tunelens.checkpoints.index import Checkpoint
 from tunelens.checkpoints.naming import Part
-from tunelens.checkpoints.stream import ReaderPool, ScratchPool, select_part
+from tunelens.checkpoints.stream import select_part
 from tunelens.config import ReadOptions, Selection, check_device
+from tunelens.errors import TunelensError
 from tunelens.jobs import run_stage
-from tunelens.stats.accumulate import Sums, part_sums, part_sums_device, single_threaded
+from tunelens.stats.accumulate import Sums, lowrank_sums, part_sums, part_sums_device, single_threaded
 from tunelens.stats.similarity import metrics, random_std, signflip_std, vector_cosine
+from tunelens.vectors.source import NONFINITE_HINT, TauSource
 
 TENSOR_COLUMNS = (
     "model", "tensor", "layer", "component", "shape", "numel", "cosine", "one_minus_cosine",
@@ -48,57 +50,74 @@ class DiffResult:
     alignment: Alignment
     parts: list[PartSums] = field(repr=False, default_factory=list)
 
+    def to_pandas(self) -> Any:
+        """Tidy pandas frames of this result, equal to ``tunelens.load`` of its output folder."""
+        from tunelens.frames import csv_frame, diff_results
+
+        return diff_results(self.summary, lambda: csv_frame(self.rows, TENSOR_COLUMNS))
+
 
 @dataclass
 class DiffWork:
     """The per-tensor job of ``diff``: picklable (plan and options only), so any executor can run it."""
 
-    alignment: Alignment
+    source: TauSource
     selection: Selection
     device: str = "cpu"
-    readers: ReaderPool = field(default_factory=ReaderPool)
-    scratch: ScratchPool = field(default_factory=ScratchPool)
 
     def __call__(self, job: AlignedTensor) -> list[PartSums]:
-        base, others = self._read(job)
-        null = len(self.alignment.others) > 1
+        read = self.source.read(job)
+        assert read.base is not None
+        null = len(job.terms) > 1
+        # per model: the stored fine-tune (τ formed chunk by chunk), a stored or multiplied-out τ, or None (τ = 0)
+        factored = len(job.terms) == 1 and read.factors[0] is not None and read.raw[0] is None
+        srcs: list[tuple[torch.Tensor, bool] | None] = []
+        for i, term in enumerate(job.terms):
+            raw = read.raw[i]
+            if term.lowrank is None and raw is not None:
+                srcs.append((raw, term.full is None))
+            elif factored:
+                srcs.append(None)
+            else:
+                tau = read.tau(i)
+                srcs.append(None if tau is None else (tau, True))
         out = []
         for part in job.parts:
             if self.selection.keeps(part.layer, part.component):
-                w = select_part(base, part)
-                srcs = [(select_part(t, part), vec) for t, vec in others]
-                if self.device == "cpu":
-                    sums = part_sums(w, srcs, null=null)
+                w = select_part(read.base, part)
+                factors = read.part_factors(0, part) if factored else None
+                if factors is not None:  # one adapter: its norms and ⟨W, τ⟩ from the factors, τ never formed
+                    sums = lowrank_sums(read.part(read.base, part), *factors)
+                elif self.device == "cpu":
+                    parts = [None if s is None else (select_part(s[0], part), s[1]) for s in srcs]
+                    sums = part_sums(w, parts, null=null)
                 else:
-                    sums = part_sums_device(w, srcs, null=null, device=self.device)
+                    parts = [None if s is None else (select_part(s[0], part), s[1]) for s in srcs]
+                    sums = part_sums_device(w, parts, null=null, device=self.device)
+                if not sums.finite() and not self.source.allow_nonfinite:
+                    raise TunelensError(self.source.nonfinite(job, "the weight sums") + f"; {NONFINITE_HINT}")
                 out.append(PartSums(part, tuple(w.shape), sums))
         return out
 
-    def _read(self, job: AlignedTensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, bool]]]:
-        """The base and each source as stored (crop applied), read into this thread's reused buffers:
-        a fresh tensor per read costs a zero-filled page fault per 4 KiB, more than the kernel itself."""
-        reader, sc = self.readers.get(), self.scratch.get()
-        rows = job.rows
-        base = sc.read("base", job.base, reader)
-        others: list[tuple[torch.Tensor, bool]] = []
-        for i, (ck, info) in enumerate(zip(self.alignment.others, job.others, strict=True)):
-            t = sc.read(f"src{i}", info, reader)
-            others.append((t if rows is None else t[:rows], ck.kind == "vector"))
-        return (base if rows is None else base[:rows]), others
-
     def close(self) -> None:
-        self.readers.close()
-        self.scratch.close()
+        self.source.close()
 
 
 def diff_alignment(alignment: Alignment, selection: Selection, options: ReadOptions, device: str = "cpu") -> DiffResult:
     """Run the pass over an existing alignment plan (the sums on ``device``: ``cpu``, or a GPU)."""
     jobs = [job for job in alignment.tensors if any(selection.keeps(p.layer, p.component) for p in job.parts)]
     n = len(alignment.others)
-    work = DiffWork(alignment, selection, check_device(device))
+    work = DiffWork(TauSource(alignment, options.allow_nonfinite), selection, check_device(device))
     try:
         with single_threaded():
-            results = run_stage(jobs, work, options, desc="diff", weight=lambda j: j.base.nbytes * (1 + n))
+            results = run_stage(
+                jobs,
+                work,
+                options,
+                desc="diff",
+                weight=lambda j: j.base.nbytes * (1 + n),
+                ranges=AlignedTensor.byte_ranges,
+            )
     finally:
         work.close()
     parts = [item for res in results for item in res]

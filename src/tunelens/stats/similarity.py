@@ -23,8 +23,10 @@ DEFINITIONS: dict[str, str] = {
     "fused_tensors": "Phi-3 qkv_proj / gate_up_proj and GPT-2 c_attn split into q,k,v / gate,up by the config's "
     "head counts; GPT-2 Conv1D weights are [in, out] (transpose-invariant here)",
     "tied_weights": "a tied lm_head is reported once, as embed",
-    "undefined": "cosine and one_minus_cosine are NaN (null in JSON) when a group's base or tuned norm is 0; "
-    "relative_change is NaN when the base norm is 0 and tau is not",
+    "undefined": "cosine and one_minus_cosine are NaN (null in JSON, empty in CSV) when a group's base or tuned "
+    "norm is 0; relative_change is NaN when the base norm is 0 and tau is not; vector_cosine and "
+    "baseline_signflip_std are NaN when either tau is 0 over the group (signflip_std is 0 on the diagonal); "
+    "any value computed from a non-finite sum (a NaN or Inf weight, read with --allow-nonfinite) is NaN",
 }
 
 
@@ -34,7 +36,8 @@ def metrics(s: Sums, i: int) -> dict[str, Any]:
     d2 = s.delta_sq(i)
     b2 = max(s.tuned_sq(i), 0.0)
     a, b = math.sqrt(a2), math.sqrt(b2)
-    if a == 0.0 or b == 0.0:  # cosine undefined (e.g. Gemma norms initialised to 0): NaN, null in JSON
+    finite = all(math.isfinite(x) for x in (a2, d2, s.base_dot[i]))
+    if a == 0.0 or b == 0.0 or not finite:  # undefined (e.g. Gemma norms initialised to 0): NaN, null in JSON
         cosine = omc = math.nan
     else:
         gap = 2.0 * s.base_dot[i] + d2  # |B|^2 - |A|^2
@@ -45,7 +48,7 @@ def metrics(s: Sums, i: int) -> dict[str, Any]:
         "numel": s.numel,
         "cosine": cosine,
         "one_minus_cosine": omc,
-        "relative_change": math.sqrt(d2) / a if a > 0 else (0.0 if d2 == 0 else math.nan),
+        "relative_change": math.nan if not finite else math.sqrt(d2) / a if a > 0 else (0.0 if d2 == 0 else math.nan),
         "base_norm": a,
         "tuned_norm": b,
         "delta_norm": math.sqrt(d2),
@@ -53,19 +56,26 @@ def metrics(s: Sums, i: int) -> dict[str, Any]:
 
 
 def vector_cosine(s: Sums, i: int, j: int) -> float:
-    """cos(τᵢ, τⱼ) over the group; 0 when either vector is zero there."""
+    """cos(τᵢ, τⱼ) over the group; NaN (null in JSON) when either vector is zero there or a sum is not
+    finite (a NaN / Inf weight): an undefined cosine is never written as a number."""
     den = math.sqrt(s.cross[i][i] * s.cross[j][j])
-    return s.cross[i][j] / den if den > 0 else 0.0
+    if not (den > 0 and math.isfinite(den) and math.isfinite(s.cross[i][j])):
+        return math.nan
+    return s.cross[i][j] / den
 
 
 def signflip_std(s: Sums, i: int, j: int) -> float:
-    """Exact std of cos(τᵢ, ε⊙τⱼ) over random signs ε (the measured null control)."""
+    """Exact std of cos(τᵢ, ε⊙τⱼ) over random signs ε (the measured null control); NaN when the cosine
+    itself is undefined, and 0 on the diagonal (a vector against itself is not a null comparison)."""
+    den = s.cross[i][i] * s.cross[j][j]
+    if not (den > 0 and math.isfinite(den)):
+        return math.nan
     if i == j:
         return 0.0
-    den = s.cross[i][i] * s.cross[j][j]
-    return math.sqrt(s.cross_sq[i][j] / den) if den > 0 else 0.0
+    q = s.cross_sq[i][j]
+    return math.sqrt(q / den) if math.isfinite(q) else math.nan
 
 
 def random_std(numel: int) -> float:
-    """Std of the cosine of two independent random vectors of dimension ``numel``."""
-    return 1.0 / math.sqrt(numel) if numel > 0 else 0.0
+    """Std of the cosine of two independent random vectors of dimension ``numel`` (NaN for none)."""
+    return 1.0 / math.sqrt(numel) if numel > 0 else math.nan

@@ -27,22 +27,28 @@ from tunelens.checkpoints.align import AlignedTensor, Alignment, align
 from tunelens.checkpoints.architectures import Component
 from tunelens.checkpoints.index import Checkpoint
 from tunelens.checkpoints.naming import ArchInfo, Part
-from tunelens.checkpoints.stream import ReaderPool, TensorReader, select_part, to_out_in
+from tunelens.checkpoints.stream import select_part, to_out_in
 from tunelens.config import ReadOptions, Selection
 from tunelens.errors import TunelensError
 from tunelens.jobs import run_stage
+from tunelens.stats.accumulate import single_threaded
 from tunelens.stats.subspace_basis import (
     Basis,
     BasisCache,
     BasisKey,
+    Columns,
     Criterion,
     Method,
     content_hash,
     decompose,
     resolve_method,
 )
+from tunelens.vectors.source import NONFINITE_HINT, TauSource, require_finite
 
 SSA_COMPONENTS: tuple[Component, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+
+#: τ of one analysed part, ``[out, in]``: dense, or the factors ``(L [out, r], R [r, in])`` of ``L R``
+TauPart = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 SUBSPACE_COLUMNS = (
     "model", "tensor", "layer", "component", "head", "rows", "cols", "k", "energy",
@@ -98,6 +104,41 @@ def share_curves(basis: Basis, tau: torch.Tensor, kmax: int) -> tuple[float, tor
     return tau_sq, left, right, both
 
 
+def share_curves_lowrank(
+    basis: Basis, left: torch.Tensor, right: torch.Tensor, kmax: int
+) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`share_curves` of ``τ = L R`` (``L [out, r]``, ``R [r, in]``) from its factors, in float64.
+
+    ``‖u_iᵀτ‖² = (u_iᵀL) RRᵀ (Lᵀu_i)``, ``‖τv_j‖² = (Rv_j)ᵀ LᵀL (Rv_j)``, ``U_Kᵀ τ V_K = (U_KᵀL)(R V_K)``:
+    O((out + in)·r·K + r·K²) instead of O(out·in·K) for a dense τ.
+    """
+    f64 = torch.float64
+    lf, rf = left.to(f64), right.to(f64)
+    ltl, rrt = lf.T @ lf, rf @ rf.T  # [r, r]
+    tau_sq = float((ltl * rrt).sum())
+    if kmax == 0:
+        empty = torch.zeros(0, dtype=f64)
+        return tau_sq, empty, empty, empty
+    u, v = basis.U[:, :kmax].to(f64), basis.V[:, :kmax].to(f64)
+    p = u.T @ lf  # [K, r]
+    q = rf @ v  # [r, K]
+    left_c = ((p @ rrt) * p).sum(1).cumsum(0)
+    right_c = ((ltl @ q) * q).sum(0).cumsum(0)
+    b2 = (p @ q).square()  # [K, K] = (U_Kᵀ τ V_K)²
+    both = (b2.tril().sum(1) + b2.triu(1).sum(0)).cumsum(0)
+    return tau_sq, left_c, right_c, both
+
+
+def lowrank_singular_values(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """The singular values (float64, descending) of ``L R`` from its factors: with ``L = Q_L T_L`` and
+    ``Rᵀ = Q_R T_R`` (thin QR), ``L R = Q_L (T_L T_Rᵀ) Q_Rᵀ``, so they are those of the r × r core."""
+    f64 = torch.float64
+    _, tl = torch.linalg.qr(left.to(f64))
+    _, tr = torch.linalg.qr(right.to(f64).T)
+    sv: torch.Tensor = torch.linalg.svdvals(tl @ tr.T)
+    return sv
+
+
 def baselines(k: int, rows: int, cols: int) -> tuple[float, float, float]:
     """Expected shares of an isotropic random τ: ``k/out``, ``k/in``, ``k²/(out·in)``."""
     return k / rows, k / cols, k * k / (rows * cols)
@@ -111,19 +152,25 @@ def random_share_std(p: float, numel: int) -> float:
     return math.sqrt(2.0 * p * (1.0 - p) / (numel + 2))
 
 
-def tau_spectrum(tau: torch.Tensor, top_r: int) -> tuple[float, float]:
-    """``(effective rank, share of ‖τ‖² in τ's own top-r directions)`` from a float64 Gram eigvalsh.
+def tau_spectrum(tau: torch.Tensor | tuple[torch.Tensor, torch.Tensor], top_r: int) -> tuple[float, float]:
+    """``(effective rank, share of ‖τ‖² in τ's own top-r directions)`` from a float64 Gram eigvalsh (or,
+    for factors ``(L, R)``, from :func:`lowrank_singular_values`).
 
     Effective rank (Roy & Vetterli 2007): ``exp(-Σ pᵢ log pᵢ)`` with ``pᵢ = σᵢ / Σσⱼ``; eigenvalues
     below ``λ_max · max(out, in) · eps64`` count as zero.
     """
-    a = tau.to(torch.float64)
-    side = a if a.shape[0] <= a.shape[1] else a.T
-    lam = torch.linalg.eigvalsh(side @ side.T).flip(0)  # descending σ²
+    if isinstance(tau, tuple):
+        lam = lowrank_singular_values(*tau).square()
+        shape = (tau[0].shape[0], tau[1].shape[1])
+    else:
+        a = tau.to(torch.float64)
+        side = a if a.shape[0] <= a.shape[1] else a.T
+        lam = torch.linalg.eigvalsh(side @ side.T).flip(0)  # descending σ²
+        shape = (a.shape[0], a.shape[1])
     lam_max = float(lam[0]) if lam.numel() else 0.0
     if lam_max <= 0.0:
         return math.nan, math.nan
-    lam = torch.where(lam > lam_max * max(a.shape) * torch.finfo(torch.float64).eps, lam, 0.0)
+    lam = torch.where(lam > lam_max * max(shape) * torch.finfo(torch.float64).eps, lam, 0.0)
     sigma = lam.sqrt()
     p = sigma / sigma.sum()
     p = p[p > 0]
@@ -206,31 +253,26 @@ def _part_shape(stored: tuple[int, ...], part: Part) -> tuple[int, int]:
     return (cols, rows) if part.layout == "in_out" else (rows, cols)
 
 
-def read_with_digest(
-    reader: TensorReader, alignment: Alignment, job: AlignedTensor, hashed: bool
-) -> tuple[torch.Tensor, list[torch.Tensor], str]:
-    """Like :func:`~tunelens.vectors.tuning_vector.read_aligned` (no vocab crop: SSA never reads
-    embeddings), plus the sha256 of the base tensor's stored bytes when ``hashed``."""
-    raw = reader.read(job.base)
-    digest = content_hash(raw) if hashed else ""
-    base = raw if raw.dtype == torch.float32 else raw.float()
-    taus: list[torch.Tensor] = []
-    for ck, info in zip(alignment.others, job.others, strict=True):
-        t = reader.read_float(info)
-        taus.append(t if ck.kind == "vector" else t.sub_(base))
-    return base, taus, digest
-
-
 def load_or_build(
-    slices: list[torch.Tensor], key: BasisKey, cache: BasisCache, method: Method, stats: PassStats, name: str
+    slices: list[torch.Tensor],
+    key: BasisKey,
+    cache: BasisCache,
+    method: Method,
+    stats: PassStats,
+    name: str,
+    columns: Columns = None,
 ) -> list[Basis]:
-    """The bases of ``slices`` from the cache, or decomposed (and stored) — one cluster-executable step."""
+    """The bases of ``slices`` from the cache, or decomposed (and stored) — one cluster-executable step.
+
+    ``columns(S)`` is how many leading singular vectors the caller uses: a cached entry with fewer
+    is decomposed again (and replaced by one with enough)."""
     found = cache.load(key) if key.content_sha256 else None
     if found is not None and len(found) == len(slices):
-        stats.hits += 1
-        return [b.to(str(slices[0].device)) for b in found]
+        if all(b.cols >= min(b.trusted, columns(b.S) if columns else b.trusted) for b in found):
+            stats.hits += 1
+            return [b.to(str(slices[0].device)) for b in found]
     t0 = time.perf_counter()
-    bases = [decompose(s, method) for s in slices]
+    bases = [decompose(s, method, columns) for s in slices]
     stats.decompose_seconds += time.perf_counter() - t0
     stats.misses += 1
     stats.methods.update(b.method for b in bases)
@@ -240,21 +282,50 @@ def load_or_build(
 
 
 def analyse_tensor(
-    reader: TensorReader, alignment: Alignment, job: AlignedTensor, plans: tuple[PartPlan, ...], opts: SubspaceOptions
+    source: TauSource, job: AlignedTensor, plans: tuple[PartPlan, ...], opts: SubspaceOptions
 ) -> tuple[list[dict[str, Any]], PassStats]:
     """Rows (one per model × part [× head] × criterion) of one aligned tensor, and its counters."""
     stats = PassStats()
-    base, taus, digest = read_with_digest(reader, alignment, job, opts.cache.folder is not None)
+    alignment = source.alignment
+    read = source.read(job)
+    assert read.base is not None
+    digest = content_hash(read.base) if opts.cache.folder is not None else ""
+    base = read.base_float()
+    what = f"{alignment.base.name}'s {job.name}"
+    if not require_finite(base, what, allow=source.allow_nonfinite):
+        return _undefined_rows(alignment, job, plans, opts), stats
+    # a purely low-rank τ (a LoRA adapter's B A) stays factored: its projections cost O((out + in)·r·k)
+    lowrank = [read.factors[i] is not None and read.raw[i] is None for i in range(len(job.terms))]
+    taus: list[torch.Tensor | None] = []
+    for i, ck in enumerate(alignment.others):
+        tau = None if lowrank[i] else read.tau(i)
+        if tau is None and not lowrank[i]:
+            tau = torch.zeros_like(base)
+        checked = [tau] if tau is not None else list(read.factors[i] or ())
+        if not source.allow_nonfinite and not all(bool(torch.isfinite(t).all()) for t in checked):
+            raise TunelensError(source.nonfinite(job, f"tau of {ck.name}") + f"; {NONFINITE_HINT}")
+        taus.append(tau)
     names = [ck.name for ck in alignment.others]
+
+    def kmax(sigma: torch.Tensor) -> int:
+        return max(c.k(sigma) for c in opts.criteria)
+
     rows: list[dict[str, Any]] = []
     for plan in plans:
         part = plan.part
         w = to_out_in(select_part(base, part), part).to(opts.device)
-        ts = [to_out_in(select_part(t, part), part).to(opts.device) for t in taus]
+        ts: list[TauPart] = []
+        for i, tau in enumerate(taus):
+            if tau is None:
+                factors = read.part_factors(i, part)
+                assert factors is not None
+                ts.append((factors[0].to(opts.device), factors[1].to(opts.device)))
+            else:
+                ts.append(to_out_in(select_part(tau, part), part).to(opts.device))
         shape = (w.shape[0], w.shape[1])
         part_id = f"{part.dim}:{part.start}:{part.stop}:{part.layout}" if part.fused else f"-:{part.layout}"
         stored = f"{job.base.dtype}:{list(job.base.shape)}"
-        units: list[tuple[int | None, list[torch.Tensor], list[list[torch.Tensor]], str]] = [
+        units: list[tuple[int | None, list[torch.Tensor], list[list[TauPart]], str]] = [
             (None, [w], [[t] for t in ts], "whole")
         ]
         if plan.heads is not None:
@@ -262,15 +333,15 @@ def analyse_tensor(
             n = shape[axis] // size
             cut = [(h * size, size) for h in range(n)]
             units.append(
-                (0, [w.narrow(axis, a, s) for a, s in cut], [[t.narrow(axis, a, s) for a, s in cut] for t in ts],
+                (0, [w.narrow(axis, a, s) for a, s in cut], [[_narrow(t, axis, a, s) for a, s in cut] for t in ts],
                  f"heads:{axis}:{size}")
             )  # fmt: skip
         for head0, slices, tau_slices, slicing in units:
             key = BasisKey(
                 digest, stored, part_id, slicing, resolve_method(opts.method, (slices[0].shape[0], slices[0].shape[1]))
             )
-            bases = load_or_build(slices, key, opts.cache, opts.method, stats, job.name)
-            if any(max(c.k(b.S) for c in opts.criteria) > b.trusted for b in bases):
+            bases = load_or_build(slices, key, opts.cache, opts.method, stats, job.name, kmax)
+            if any(kmax(b.S) > b.trusted for b in bases):
                 # a k beyond the columns a Gram basis resolves (near-singular W): exact SVD instead
                 key = BasisKey(digest, stored, part_id, slicing, "svd")
                 bases = load_or_build(slices, key, opts.cache, "svd", stats, job.name)
@@ -283,22 +354,35 @@ def analyse_tensor(
     return rows, stats
 
 
+def _narrow(t: TauPart, axis: int, start: int, size: int) -> TauPart:
+    """Rows (axis 0) or columns (axis 1) of a dense τ or of ``L R`` (rows of L, columns of R)."""
+    if isinstance(t, tuple):
+        return (t[0].narrow(0, start, size), t[1]) if axis == 0 else (t[0], t[1].narrow(1, start, size))
+    return t.narrow(axis, start, size)
+
+
 def _rows(
-    model: str, part: Part, head: int | None, basis: Basis, tau: torch.Tensor, opts: SubspaceOptions
+    model: str, part: Part, head: int | None, basis: Basis, tau: TauPart, opts: SubspaceOptions
 ) -> list[dict[str, Any]]:
-    rows_n, cols_n = tau.shape[0], tau.shape[1]
     ks = [c.k(basis.S) for c in opts.criteria]
-    tau_sq, left, right, both = share_curves(basis, tau, max(ks))
-    erank, top_share = tau_spectrum(tau, opts.tau_rank) if opts.tau_spectrum else (math.nan, math.nan)
+    if isinstance(tau, tuple):
+        rows_n, cols_n = tau[0].shape[0], tau[1].shape[1]
+        tau_sq, left, right, both = share_curves_lowrank(basis, tau[0], tau[1], max(ks))
+    else:
+        rows_n, cols_n = tau.shape[0], tau.shape[1]
+        tau_sq, left, right, both = share_curves(basis, tau, max(ks))
+    defined = math.isfinite(tau_sq)  # False only for a NaN/Inf τ under --allow-nonfinite
+    spectrum = opts.tau_spectrum and defined
+    erank, top_share = tau_spectrum(tau, opts.tau_rank) if spectrum else (math.nan, math.nan)
     s2 = basis.S.square()
     total = float(s2.sum())
     out = []
     for crit, k in zip(opts.criteria, ks, strict=True):
         bl, br, bb = baselines(k, rows_n, cols_n)
-        if tau_sq > 0 and k > 0:
+        if defined and tau_sq > 0 and k > 0:
             sl, sr, sb = (float(c[k - 1]) / tau_sq for c in (left, right, both))
         else:
-            sl = sr = sb = math.nan if tau_sq == 0 else 0.0
+            sl = sr = sb = 0.0 if defined and tau_sq > 0 else math.nan
         out.append(
             {
                 "model": model, "tensor": part.tensor, "layer": "" if part.layer is None else part.layer,
@@ -312,6 +396,30 @@ def _rows(
                 "tau_top_r_share": top_share, "method": basis.method,
             }
         )  # fmt: skip
+    return out
+
+
+def _undefined_rows(
+    alignment: Alignment, job: AlignedTensor, plans: tuple[PartPlan, ...], opts: SubspaceOptions
+) -> list[dict[str, Any]]:
+    """Rows of a tensor whose base holds NaN/Inf (under --allow-nonfinite): no basis, every number null."""
+    nan = math.nan
+    out = []
+    for plan in plans:
+        part = plan.part
+        rows_n, cols_n = _part_shape(job.base.shape, part)
+        for ck in alignment.others:
+            for crit in opts.criteria:
+                out.append(
+                    {
+                        "model": ck.name, "tensor": part.tensor, "layer": "" if part.layer is None else part.layer,
+                        "component": part.component, "head": "", "rows": rows_n, "cols": cols_n, "k": "",
+                        "energy": nan, "share_left": nan, "share_right": nan, "share_both": nan,
+                        "baseline_left": nan, "baseline_right": nan, "baseline_both": nan, "criterion": crit.label,
+                        "ratio_left": nan, "ratio_right": nan, "ratio_both": nan, "tau_norm": nan,
+                        "tau_effective_rank": nan, "tau_top_r": "", "tau_top_r_share": nan, "method": "",
+                    }
+                )  # fmt: skip
     return out
 
 
@@ -332,16 +440,15 @@ class SubspacePass:
 class SubspaceWork:
     """The per-tensor job of ``subspace``: picklable (plan, options and cache folder only)."""
 
-    alignment: Alignment
+    source: TauSource
     plans: dict[str, tuple[PartPlan, ...]]
     opts: SubspaceOptions
-    readers: ReaderPool = field(default_factory=ReaderPool)
 
     def __call__(self, job: AlignedTensor) -> tuple[list[dict[str, Any]], PassStats]:
-        return analyse_tensor(self.readers.get(), self.alignment, job, self.plans[job.name], self.opts)
+        return analyse_tensor(self.source, job, self.plans[job.name], self.opts)
 
     def close(self) -> None:
-        self.readers.close()
+        self.source.close()
 
 
 def subspace_pass(alignment: Alignment, selection: Selection, read: ReadOptions, opts: SubspaceOptions) -> SubspacePass:
@@ -351,9 +458,19 @@ def subspace_pass(alignment: Alignment, selection: Selection, read: ReadOptions,
         raise TunelensError("no 2-D q/k/v/o/gate/up/down weights selected: nothing to analyse")
     jobs = [j for j in alignment.tensors if j.name in plans]
     n = len(alignment.others)
-    work = SubspaceWork(alignment, plans, opts)
+    work = SubspaceWork(TauSource(alignment, read.allow_nonfinite), plans, opts)
     try:
-        results = run_stage(jobs, work, read, desc="subspace", weight=lambda j: j.base.nbytes * (1 + n))
+        # one intra-op thread per worker: tensors run in parallel instead, and a BLAS call's float sums do not
+        # depend on how many threads were free when it ran (the same rows bit for bit, cached basis or not)
+        with single_threaded():
+            results = run_stage(
+                jobs,
+                work,
+                read,
+                desc="subspace",
+                weight=lambda j: j.base.nbytes * (1 + n),
+                ranges=AlignedTensor.byte_ranges,
+            )
     finally:
         work.close()
     stats = PassStats()
@@ -503,6 +620,12 @@ class SubspaceResult:
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
     alignment: Alignment
+
+    def to_pandas(self) -> Any:
+        """Tidy pandas frames of this result, equal to ``tunelens.load`` of its output folder."""
+        from tunelens.frames import csv_frame, subspace_results
+
+        return subspace_results(self.summary, lambda: csv_frame(self.rows, SUBSPACE_COLUMNS))
 
 
 def subspace(

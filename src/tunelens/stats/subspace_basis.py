@@ -29,6 +29,7 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,7 +40,7 @@ from tunelens.errors import TunelensError
 
 Method = Literal["auto", "gram", "svd"]
 CriterionKind = Literal["energy", "rank_fraction", "rank"]
-CACHE_VERSION = "tunelens-ssa-basis-v3"
+CACHE_VERSION = "tunelens-ssa-basis-v4"  # v4: a Gram basis stores only the larger side's columns asked for
 GRAM_MIN_SIDE = 128
 GRAM_MAX_ERROR = 1e-6  # largest eps64 · σ₁²/σᵢ² of a usable gram column (else full SVD when needed)
 _EPS64 = float(torch.finfo(torch.float64).eps)
@@ -62,6 +63,12 @@ class Basis:
     @property
     def rank(self) -> int:
         return int(self.S.numel())
+
+    @property
+    def cols(self) -> int:
+        """Leading columns present on both sides (a Gram basis computes only the larger side's columns
+        that were asked for: the rest would cost as much as the Gram product itself)."""
+        return min(self.U.shape[1], self.V.shape[1])
 
     def to(self, device: str) -> Basis:
         """The same basis with its tensors on ``device``."""
@@ -109,21 +116,29 @@ def resolve_method(method: Method, shape: tuple[int, int]) -> Literal["gram", "s
     return method
 
 
-def decompose(w: torch.Tensor, method: Method = "auto") -> Basis:
-    """The exact singular basis of a 2-D weight ``w [out, in]`` (float64 compute, see module doc)."""
+#: how many leading singular vectors a caller needs, from the singular values (None: every trusted one)
+Columns = Callable[[torch.Tensor], int] | None
+
+
+def decompose(w: torch.Tensor, method: Method = "auto", columns: Columns = None) -> Basis:
+    """The exact singular basis of a 2-D weight ``w [out, in]`` (float64 compute, see module doc).
+
+    ``columns(S)``: the leading columns the caller will use; a Gram basis then forms only those
+    columns of its larger side (``Wᵀ U_k / σ``, O(out·in·k) instead of O(out·in·min(out, in))).
+    """
     if w.dim() != 2:
         raise ValueError(f"decompose needs a 2-D weight, got shape {tuple(w.shape)}")
     chosen = resolve_method(method, (w.shape[0], w.shape[1]))
     a = w.detach().to(torch.float64)
     if chosen == "gram":
-        basis = _gram(a)
+        basis = _gram(a, columns)
         if basis is not None:
             return basis
     u, s, vh = torch.linalg.svd(a, full_matrices=False)  # [out, r], [r], [r, in]
     return Basis(u.float().contiguous(), s.contiguous(), vh.T.float().contiguous(), "svd", int(s.numel()))
 
 
-def _gram(a: torch.Tensor) -> Basis | None:
+def _gram(a: torch.Tensor, columns: Columns = None) -> Basis | None:
     """Gram-eigh path; ``None`` for an all-zero ``a``."""
     wide = a.shape[0] <= a.shape[1]
     side = a if wide else a.T  # [s, big]
@@ -134,10 +149,10 @@ def _gram(a: torch.Tensor) -> Basis | None:
     lam, e = lam.flip(0).clamp_min(0.0), e.flip(1)  # descending
     trusted = int((lam * GRAM_MAX_ERROR > lam_max * _EPS64).sum())  # a prefix: lam is descending
     s = lam.sqrt()
-    other = side.T @ e[:, :trusted]  # [big, trusted]
-    other.div_(s[:trusted])  # columns of the other side, σ-normalised
-    big = torch.zeros(side.shape[1], side.shape[0], dtype=torch.float32, device=a.device)
-    big[:, :trusted] = other
+    cols = trusted if columns is None else min(max(columns(s), 0), trusted)
+    other = side.T @ e[:, :cols]  # [big, cols]
+    other.div_(s[:cols])  # columns of the other side, σ-normalised
+    big = other.float().contiguous()
     small = e.float().contiguous()
     u, v = (small, big) if wide else (big, small)
     return Basis(u, s.contiguous(), v, "gram", trusted)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from tunelens.errors import TunelensError
 
@@ -153,7 +154,7 @@ class StudyConfig:
                 raise TunelensError(f"study: corpus file {p} does not exist")
         tasks = tuple(str(t) if not str(t).endswith((".jsonl", ".yaml", ".yml")) else str(_path(t, root))
                       for t in _list(d.get("tasks", []), "tasks"))  # fmt: skip
-        return cls(
+        cfg = cls(
             base=base,
             models=models,
             corpus=corpus,
@@ -167,6 +168,8 @@ class StudyConfig:
             evaluate=_sub(EvaluateStage, d.get("evaluate"), "evaluate"),
             title=str(d.get("title", "tunelens study")),
         )
+        _check_ranges(cfg)
+        return cfg
 
 
 def _mapping(v: Any, where: str) -> dict[str, Any]:
@@ -230,15 +233,57 @@ def _edit(v: Any, tuned: list[str], i: int) -> Edit:
 
 
 def _sub(cls: Any, v: Any, where: str) -> Any:
+    """A stage section: known keys, each of its field's type (checked even when the stage does not run)."""
     if v is None:
         return cls()
     d = _mapping(v, where)
     _known(d, {f.name for f in fields(cls)}, where)
     kw = {k: tuple(x) if isinstance(x, list) else x for k, x in d.items()}
-    for f in fields(cls):
-        if f.name in kw and isinstance(f.default, bool) and not isinstance(kw[f.name], bool):
-            raise TunelensError(f"study: {where}.{f.name} must be true or false, got {kw[f.name]!r}")
-    try:
-        return cls(**kw)
-    except TypeError as exc:
-        raise TunelensError(f"study: {where}: {exc}") from exc
+    hints = get_type_hints(cls)
+    for k, x in kw.items():
+        if not _fits(hints[k], x):
+            raise TunelensError(f"study: {where}.{k} must be {_kind(hints[k])}, got {d[k]!r}")
+    return cls(**kw)
+
+
+def _fits(hint: Any, v: Any) -> bool:
+    """Whether a YAML value has the type a stage field declares (bool is not a number here)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return v in args
+    if origin in (Union, UnionType):
+        return any(_fits(a, v) for a in args)
+    if origin is tuple:
+        return isinstance(v, tuple) and all(_fits(args[0], x) for x in v)
+    if hint is type(None):
+        return v is None
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint in (int, float):
+        return isinstance(v, int | float if hint is float else int) and not isinstance(v, bool)
+    return isinstance(v, hint)
+
+
+def _kind(hint: Any) -> str:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (Union, UnionType):
+        return " or ".join(_kind(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_kind(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    names = {bool: "true or false", int: "an integer", float: "a number", type(None): "null", str: "a string"}
+    return names.get(hint, str(hint))
+
+
+def _check_ranges(cfg: StudyConfig) -> None:
+    """Values the stages would refuse later, refused when the config is read."""
+    from tunelens.activations.options import ActivationOptions
+
+    a, e = cfg.activations, cfg.evaluate
+    ActivationOptions(seq_len=a.seq_len, max_tokens=a.max_tokens, batch_size=a.batch_size, dtype=a.dtype)
+    bad = [x for x in cfg.subspace.energy if not 0.0 < x <= 1.0]
+    if bad or not cfg.subspace.energy:
+        raise TunelensError(f"study: subspace.energy values must be in (0, 1], got {list(cfg.subspace.energy)}")
+    if (e.limit is not None and e.limit < 1) or e.batch_size < 1 or e.max_new_tokens < 1:
+        raise TunelensError("study: evaluate.limit, batch_size and max_new_tokens must be at least 1")

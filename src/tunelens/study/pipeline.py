@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelens import __version__
-from tunelens.checkpoints.output import write_text_atomic
+from tunelens.checkpoints.output import check_inputs, check_target, mark_output, write_text_atomic
 from tunelens.config import ReadOptions, Selection
 from tunelens.errors import TunelensError
 from tunelens.study.config import Edit, StudyConfig
@@ -56,6 +56,33 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(state, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TunelensError(f"{path}: cannot read the study state ({exc}); use --force to start over") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("stages", {}), dict):
+        raise TunelensError(f"{path}: not a study state (expected an object with stages); use --force to start over")
+    return state
+
+
+def study_inputs(cfg: StudyConfig) -> list[Path]:
+    """What a study reads: its models, corpus files and task files (a study folder never holds them)."""
+    tasks = [Path(t) for t in cfg.tasks if Path(t).exists()]
+    return [*(m.path for m in cfg.models), *cfg.corpus, *tasks]
+
+
+def _own_study(out: Path) -> Path:
+    """A study folder written before tunelens marked its outputs is recognised by its ``study.json``."""
+    try:
+        state = json.loads((out / "study.json").read_text())
+    except (OSError, ValueError):
+        return out
+    if isinstance(state, dict) and state.get("kind") == "study" and "tunelens_version" in state:
+        mark_output(out, "study")
+    return out
+
+
 def edit_spec(cfg: StudyConfig, edit: Edit, vectors: Path) -> tuple[Path, list[str]]:
     """The model to load and the ``--apply`` terms that evaluate ``edit`` in memory."""
     target = cfg.base_model.path if edit.target == "pre" else next(m.path for m in cfg.tuned if m.name == edit.target)
@@ -71,25 +98,35 @@ def run_study(
     quiet: bool = False,
     report: bool = True,
     log: Callable[[str], None] = lambda s: None,
+    inputs: tuple[Path, ...] = (),
 ) -> list[StageRun]:
-    """Run ``cfg``'s stages into ``out``; returns what ran and what was reused."""
+    """Run ``cfg``'s stages into ``out``; returns what ran and what was reused.
+
+    ``inputs`` are files read besides the config's own (the study YAML): ``out`` may not hold them."""
     from tunelens import api
 
     out = Path(out)
     state_path = out / "study.json"
+    reads = [*study_inputs(cfg), *inputs]
+    check_inputs(out, reads)
     if out.exists():
         if not out.is_dir():
             raise TunelensError(f"{out} exists and is not a folder")
         if force:
             import shutil
 
+            check_target(_own_study(out), force, inputs=reads)
             shutil.rmtree(out)
         elif not resume:
             raise TunelensError(f"{out} already exists; pass --resume to continue that study or --force to replace it")
         elif any(out.iterdir()) and not state_path.exists():
             raise TunelensError(f"{out} is not a tunelens study folder (no study.json); refusing to resume into it")
-    out.mkdir(parents=True, exist_ok=True)
-    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
+    state: dict[str, Any] = _read_state(state_path) if state_path.exists() else {}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TunelensError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    mark_output(out, "study")
     state.update(
         tunelens_version=__version__,
         kind="study",
@@ -107,6 +144,8 @@ def run_study(
 
     def stage(name: str, folder: Path, key: str, work: Callable[[Path], object]) -> None:
         rec = state["stages"].get(name, {})
+        if folder.exists() and rec.get("folder") == str(folder.relative_to(out)):
+            mark_output(folder, "study stage")  # this study's own stage folder, even if written before markers
         if folder.exists() and rec.get("key") == key and rec.get("state") == "done":
             runs.append(StageRun(name, folder, True, 0.0))
             log(f"{name}: reused {folder}")

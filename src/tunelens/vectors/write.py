@@ -11,23 +11,23 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tunelens.checkpoints.align import AlignedTensor, Alignment, align
+from tunelens.checkpoints.align import AlignedTensor, align
 from tunelens.checkpoints.index import VECTOR_META, Checkpoint
 from tunelens.checkpoints.output import atomic_dir, check_target
-from tunelens.checkpoints.stream import ST_DTYPES, ReaderPool
+from tunelens.checkpoints.stream import ST_DTYPES
 from tunelens.checkpoints.writer import DEFAULT_SHARD_BYTES, PlannedTensor, ShardedWriter, WriteTarget, write_at
 from tunelens.config import ReadOptions
 from tunelens.errors import TunelensError
 from tunelens.jobs import run_stage
 from tunelens.provenance import RunClock
-from tunelens.stats.similarity import DEFINITIONS
-from tunelens.vectors.tuning_vector import read_aligned
+from tunelens.vectors.source import TauSource, require_finite, tau_definition
 
 VECTOR_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -52,28 +52,35 @@ def write_vector(
         raise TunelensError(f"--dtype must be one of {', '.join(VECTOR_DTYPES)}, got {dtype}")
     if tuned.kind == "vector":
         raise TunelensError(f"{tuned.name} is already a tuning vector folder")
-    check_target(Path(out), force)
+    check_target(Path(out), force, inputs=[base, tuned])
     clock = RunClock()
     alignment = align(base, [tuned], vocab=options.vocab, missing=options.missing)
     tdtype = VECTOR_DTYPES[dtype]
     plan = [PlannedTensor(j.name, _shape(j), ST_DTYPES[tdtype]) for j in alignment.tensors]
-    with atomic_dir(Path(out), force=force) as tmp:
+    with atomic_dir(Path(out), force=force, inputs=[base, tuned]) as tmp:
         with ShardedWriter(tmp, plan, max_shard_bytes=max_shard_bytes) as writer:
-            work = VectorWork(alignment, dtype, {j.name: writer.target(j.name) for j in alignment.tensors})
+            targets = {j.name: writer.target(j.name) for j in alignment.tensors}
+            work = VectorWork(TauSource(alignment, options.allow_nonfinite), dtype, targets)
             try:
-                run_stage(list(alignment.tensors), work, options, desc="vector", weight=lambda j: j.base.nbytes * 2)
+                run_stage(
+                    list(alignment.tensors), work, options, desc="vector", weight=lambda j: j.base.nbytes * 2,
+                    ranges=AlignedTensor.byte_ranges,
+                )  # fmt: skip
             finally:
                 work.close()
             for name in work.targets:  # every job finished: its tensor is written
                 writer.mark_written(name)
-        shutil.copy2(base.path / "config.json", tmp / "config.json")
+        if base.origin.get("format") == "gguf":  # the config built from the GGUF's metadata
+            (tmp / "config.json").write_text(json.dumps(base.config, indent=2) + "\n")
+        else:
+            shutil.copy2(base.path / "config.json", tmp / "config.json")
         meta: dict[str, Any] = {
             "kind": "tuning_vector",
             "parent": base.describe(),
             "child": tuned.describe(),
             "dtype": dtype,
             "compute_dtype": "float32",
-            "definitions": {"tuning_vector": DEFINITIONS["tuning_vector"]},
+            "definitions": {"tuning_vector": tau_definition()},
             "alignment": alignment.report(),
             **clock.metadata([base.describe(), tuned.describe()]),
         }
@@ -85,17 +92,21 @@ def write_vector(
 class VectorWork:
     """Compute one τ tensor and write it at its planned place (picklable: paths and offsets only)."""
 
-    alignment: Alignment
+    source: TauSource
     dtype: str
     targets: dict[str, WriteTarget]
-    readers: ReaderPool = field(default_factory=ReaderPool)
 
     def __call__(self, job: AlignedTensor) -> None:
-        _, (tau,) = read_aligned(self.readers.get(), self.alignment, job)
+        read = self.source.read(job)
+        tau = read.tau(0)
+        if tau is None:
+            tau = torch.zeros(read.base_float().shape)
+        if not require_finite(tau, f"tau of {self.source.names[0]} on {job.name}", allow=self.source.allow_nonfinite):
+            warnings.warn(f"{job.name}: tau holds NaN/Inf, written as is (--allow-nonfinite)", stacklevel=2)
         write_at(self.targets[job.name], tau.to(VECTOR_DTYPES[self.dtype]))
 
     def close(self) -> None:
-        self.readers.close()
+        self.source.close()
 
 
 def _shape(job: AlignedTensor) -> tuple[int, ...]:

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelens import __version__
-from tunelens.checkpoints.output import atomic_dir, write_text_atomic
+from tunelens.checkpoints.output import MARKER, atomic_dir, mark_output, write_text_atomic
+from tunelens.errors import TunelensError
 from tunelens.provenance import peak_rss_bytes
 from tunelens.zoo import Zoo, ZooSpec, cache_root
 from tunelens.zoo.convert import LICENSE, card_ok, write_card
@@ -50,6 +51,23 @@ MEDICAL_FORMAT_NOTE = (
 def _say(quiet: bool, msg: str) -> None:
     if not quiet:
         print(f"zoo: {msg}", file=sys.stderr, flush=True)
+
+
+_ZOO_KINDS = ("base", "data", "tasks", "fine-tune")
+
+
+def _own(part: Path) -> Path:
+    """A stale part of this zoo written before tunelens marked its outputs: recognised by its zoo card
+    (``tunelens.json`` of a zoo kind) and marked, so the rebuild may replace it; anything else in the
+    cache folder keeps the usual ``--force`` rule."""
+    if part.is_dir() and not (part / MARKER).exists():
+        try:
+            card = json.loads((part / "tunelens.json").read_text())
+        except (OSError, ValueError):
+            return part
+        if isinstance(card, dict) and card.get("kind") in _ZOO_KINDS:
+            mark_output(part, "zoo part")
+    return part
 
 
 def _versions() -> dict[str, str]:
@@ -104,7 +122,7 @@ class _Builder:
 
             from tunelens.testing import make_tiny
 
-            with atomic_dir(dst, force=True) as tmp:
+            with atomic_dir(_own(dst), force=True, inputs=()) as tmp:
                 make_tiny("llama", tmp, seed=self.spec.seed, max_position_embeddings=max(128, self.spec.seq_len))
                 tok = AutoTokenizer.from_pretrained(str(tmp))
                 tok.chat_template = TINY_CHAT_TEMPLATE
@@ -130,7 +148,7 @@ class _Builder:
             self.timed("data", t0, False)
             return corpus
         _say(self.quiet, "splitting the domain corpora")
-        with atomic_dir(dst, force=True) as tmp:
+        with atomic_dir(_own(dst), force=True, inputs=()) as tmp:
             (tmp / "corpus").mkdir()
             splits: dict[str, Any] = {}
             for d in self.spec.domains:
@@ -186,7 +204,7 @@ class _Builder:
             self.timed("tasks", t0, False)
             return {name: dst / t["file"] for name, t in card["tasks"].items()}
         _say(self.quiet, "writing evaluation tasks from the held-out items")
-        with atomic_dir(dst, force=True) as tmp:
+        with atomic_dir(_own(dst), force=True, inputs=()) as tmp:
             held = {d: self.items(d)[1] for d in self.spec.domains}
             tasks = write_tasks(tmp, held, seed=self.spec.seed, eval_items=self.spec.eval_items)
             write_card(tmp, {"kind": "tasks", "tasks": tasks})
@@ -279,7 +297,7 @@ class _Builder:
             after = self._loss(model, tok, d)
             losses[d] = {"base": base_loss[d]["loss"], "tuned": after["loss"], "tokens": after["tokens"]}
         losses_def = base_loss[s.domains[0]]["definition"]
-        with atomic_dir(dst, force=True) as tmp:
+        with atomic_dir(_own(dst), force=True, inputs=[base]) as tmp:
             model.save_pretrained(str(tmp))
             skip = ("config.json", "tunelens.json", "model.safetensors.index.json")
             for f in sorted(Path(base).iterdir()):  # tokenizer, chat template, generation config
@@ -374,7 +392,10 @@ def build_zoo(spec: ZooSpec, cache_dir: Path, *, quiet: bool = False, force: boo
         if done is not None:
             _say(quiet, f"reusing {root}")
             return done
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TunelensError(f"cannot create the zoo cache folder {root}: {exc.strerror or exc}") from exc
     import torch
 
     threads = torch.get_num_threads()
