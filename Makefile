@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 OUT ?= out/demo
 
-.PHONY: install demo test test-slow lint wheel-check bench clean
+.PHONY: install demo test test-slow test-reference test-gpu lint wheel-check bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -23,6 +23,15 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m "slow and not gpu" -q
+
+# The cross-checks against independent tools (lm-evaluation-harness on SmolLM2, mergekit): none may skip.
+test-reference: install
+	TUNELENS_REQUIRE_REFERENCES=1 $(PY) -m pytest -m reference -q
+
+# On a machine with a GPU: every --device cuda path against the CPU (fails where no CUDA device exists).
+test-gpu: install
+	$(PY) -m pytest -m gpu -q
+	$(PY) bench/bench_gpu.py
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench examples

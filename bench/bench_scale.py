@@ -1,6 +1,6 @@
 """Scale-out figures: 8B-shaped runs on this machine, executors, and many fine-tunes in one diff.
 
-Usage: python bench/bench_scale.py [--part 8b|executors|many|all] [--root /tmp/tl-bench-scale] [--keep]
+Usage: python bench/bench_scale.py [--part 8b|forward|executors|many|all] [--root /tmp/tl-bench-scale] [--keep]
                                    [--ssa-layers 1] [--json F]
 
 ``8b``: a synthetic bf16 checkpoint with Llama-3-8B shapes (hidden 4096, intermediate 14336, 32 layers,
@@ -14,6 +14,23 @@ each in a fresh process from a dropped page cache:
   so the whole-model time is 32/N times it; 0 skips it), cache empty, default k (η = 0.9); then the same with the
   cache filled (a second fine-tune of this base costs only the projections), and again with
   ``--tau-spectrum``.
+
+``forward``: real-size forward passes on the 8B-shaped bf16 base alone (the same widths and weights as
+``8b``'s base; the tiny test tokenizer of ``tunelens.testing``, 320 ids, far below the 128256
+embeddings: forward cost depends on token counts, not on which tokenizer made them), each in a fresh
+process with the page cache as found (dropped when allowed) and ``MemAvailable`` recorded:
+
+- ``load_and_touch``: transformers' ``from_pretrained(dtype=bfloat16)``, then one byte of every 4 KiB
+  page of every parameter read (each page faulted in once, next to no compute) — the memory and
+  loading floor of any forward pass;
+- ``tunelens activations --dtype bf16 --seq-len 256`` on the first 256 and 1024 tokens of a text
+  corpus; ``tokens_per_s`` = corpus tokens / the command's wall time (start-up and load included),
+  ``marginal_tokens_per_s`` = 768 / (wall(1024) − wall(256)) (the forward pass alone);
+- ``tunelens evaluate --dtype bfloat16`` on 4 MCQA items; ``tokens_per_s`` = tokens forwarded / the
+  task's own scoring seconds (results.json ``timing``): per item the context tokens, plus every choice's
+  continuation tokens when a choice is longer than one token (``evaluation/mcqa.py``'s two paths).
+
+``rss_ratio`` = peak RSS / the weights' bytes (target ≤ 1.25: the weights held once).
 
 ``executors``: ``diff`` of a 1B-shaped pair (bench/synthetic.py ``ONE_B``) with the thread executor
 (2 workers) and with ``--executor process`` and ``--executor ray`` at 1, 2 and 4 workers, page cache
@@ -41,7 +58,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import drop_caches, load, run_child  # noqa: E402
-from synthetic import EIGHT_B, ONE_B, Widths, make_pair  # noqa: E402
+from synthetic import EIGHT_B, ONE_B, Widths, make_pair, write_model  # noqa: E402
 
 SMALL = Widths(hidden=1024, intermediate=4096, layers=8, heads=16, kv_heads=4, vocab=32000)
 
@@ -115,6 +132,97 @@ def part_8b(root: Path, ssa_layers: int) -> dict[str, Any]:
     return res
 
 
+MCQA = [
+    ("Which organ filters blood?", ["the heart", "the kidney", "the lung", "the skin"], 1),
+    ("What is high blood pressure called?", ["hypertension", "fever", "cough", "seizure"], 0),
+    ("Solve for x: 2x + 3 = 11.", ["2", "3", "4", "5"], 2),
+    ("def add(a, b): return a + b. What is add(1, 2)?", ["1", "2", "3", "12"], 2),
+]
+TOUCH = (
+    "import sys, torch; from transformers import AutoModelForCausalLM; "
+    "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16, use_safetensors=True, "
+    "local_files_only=True); "
+    "print(sum(int(p.detach().view(-1).view(torch.uint8)[::4096].sum()) for p in m.parameters()))"
+)
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return -1
+
+
+def part_forward(root: Path) -> dict[str, Any]:
+    import torch
+
+    from tunelens.evaluation.mcqa import encode_pair
+    from tunelens.testing import _TEXT, save_tokenizer
+
+    t0 = time.perf_counter()
+    base = root / "base"
+    if not (base / "config.json").exists():
+        write_model(base, EIGHT_B, seed=1)
+    if not (base / "tokenizer.json").exists():
+        save_tokenizer(base)
+    weights = nbytes(files(base))
+    res: dict[str, Any] = {
+        "widths": EIGHT_B.__dict__,
+        "weights_bytes": weights,
+        "dtype": "bfloat16",
+        "tokenizer": "tunelens.testing.save_tokenizer (byte-level BPE, 320 ids)",
+        "torch_threads": torch.get_num_threads(),
+        "generate_s": round(time.perf_counter() - t0, 1),
+    }
+    corpus = root / "corpus.txt"
+    corpus.write_text(_TEXT * 200)
+    task = root / "mcqa.jsonl"
+    task.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in MCQA))
+
+    def run(name: str, cmd: list[str]) -> dict[str, Any]:
+        avail = mem_available()
+        r = timed(cmd, cold=True)
+        r["mem_available_before_bytes"] = avail
+        r["rss_ratio"] = round(r["peak_rss_mb"] * 2**20 / weights, 3)
+        print(name, json.dumps(r), flush=True)
+        return r
+
+    res["load_and_touch"] = run("load_and_touch", [sys.executable, "-c", TOUCH, str(base)])
+    for n in (256, 1024):
+        out = root / f"out-act-{n}"
+        r = run(f"activations_{n}", tl("activations", str(base), "--corpus", str(corpus), "--max-tokens", str(n),
+                                       "--seq-len", "256", "--dtype", "bf16", "-o", str(out)))  # fmt: skip
+        summary = json.loads((out / "activations.json").read_text())
+        r["tokens"] = summary["models"][0]["tokens"]
+        r["command_wall_seconds"] = summary["wall_seconds"]
+        r["tokens_per_s"] = round(r["tokens"] / r["wall_s"], 2)
+        r["fraction_active_mean"] = summary["models"][0]["mean"]
+        res[f"activations_{n}"] = r
+    a, b = res["activations_256"], res["activations_1024"]
+    res["activations_marginal_tokens_per_s"] = round((b["tokens"] - a["tokens"]) / (b["wall_s"] - a["wall_s"]), 2)
+    out = root / "out-eval"
+    r = run("evaluate", tl("evaluate", str(base), "-t", f"mcqa={task}", "--dtype", "bfloat16", "-o", str(out)))
+    results = json.loads((out / "results.json").read_text())
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    forwarded = 0
+    for line in (out / "samples.jsonl").read_text().splitlines():
+        s = json.loads(line)
+        pairs = [encode_pair(tok, s["prompt"], c) for c in s["continuations"]]
+        conts = [len(c) for _, c in pairs]
+        forwarded += len(pairs[0][0]) + (0 if all(n == 1 for n in conts) else sum(conts))
+    timing = results["timing"][0]
+    r["items"] = timing["items"]
+    r["tokens_forwarded"] = forwarded
+    r["scoring_seconds"] = timing["seconds"]
+    r["tokens_per_s"] = round(forwarded / timing["seconds"], 2)
+    r["items_per_s"] = round(timing["items_per_second"], 3)
+    r["acc"] = next(x["value"] for x in results["results"] if x["metric"] == "acc")
+    res["evaluate"] = r
+    return res
+
+
 def part_executors(root: Path) -> dict[str, Any]:
     base, (ft,) = make_pair(root, ONE_B, n_tuned=1)
     subprocess.run(["cat", *files(base), *files(ft)], stdout=subprocess.DEVNULL, check=True)  # warm
@@ -147,7 +255,7 @@ def part_many(root: Path) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["8b", "executors", "many", "all"], default="all")
+    ap.add_argument("--part", choices=["8b", "forward", "executors", "many", "all"], default="all")
     ap.add_argument("--root", type=Path, default=Path("/tmp/tl-bench-scale"))
     ap.add_argument("--ssa-layers", type=int, default=1)
     ap.add_argument("--keep", action="store_true")
@@ -156,11 +264,13 @@ def main() -> None:
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
     results["cold_cache_available"] = drop_caches()
     results["load_start"] = load()
-    parts = ["many", "executors", "8b"] if args.part == "all" else [args.part]
+    parts = ["many", "executors", "8b", "forward"] if args.part == "all" else [args.part]
     for part in parts:
         folder = args.root / part
         if part == "8b":
             results["8b"] = part_8b(folder, args.ssa_layers)
+        elif part == "forward":
+            results["forward"] = part_forward(folder)
         elif part == "executors":
             results["executors"] = part_executors(folder)
         else:

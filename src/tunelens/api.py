@@ -327,7 +327,7 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         chat_template=chat_template,  # type: ignore[arg-type]  # validated by TaskSpec
     )
-    lm = load_model(model, dtype=dtype, device=device)  # type: ignore[arg-type]  # validated by load_model
+    lm = load_model(model, dtype=dtype, device=device, quiet=opts.quiet)  # type: ignore[arg-type]  # validated by load_model
     variants = edit_variants(lm, list(apply), scales) or None
     extra = None
     if lm_eval_tasks:

@@ -61,6 +61,7 @@ def test_output_loads_generates_and_matches_a_naive_edit(family: str, tiny: Any,
 
 
 @pytest.mark.slow  # mergekit's import alone takes ~5 s of CPU
+@pytest.mark.reference
 def test_matches_mergekit_task_arithmetic(
     tiny: Any, tuned: Any, run_apply: Any, tmp_path: Path, ulp_close: Callable[..., bool]
 ) -> None:

@@ -21,7 +21,7 @@ from tunelens.evaluation.evaluate import evaluate
 from tunelens.evaluation.model import load_model
 from tunelens.evaluation.run import RunOptions
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.reference]
 lm_eval = pytest.importorskip("lm_eval")
 
 ITEMS = [

@@ -1,9 +1,9 @@
 """Open the models and their tokenizers from local folders; refuse tokenizers that differ.
 
 Models are opened with :func:`~tunelens.checkpoints.index.open_checkpoint` first (headers only),
-so a bad folder gets the usual one-line error before anything heavy, then loaded one at a time with
-``AutoModelForCausalLM.from_pretrained(..., trust_remote_code=False, use_safetensors=True,
-local_files_only=True)``.
+so a bad folder gets the usual one-line error before anything heavy, then loaded one at a time by
+the shared loader :func:`~tunelens.checkpoints.causal_lm.load_causal_lm` (safetensors only, no
+remote code, local files only, weights memory-mapped: no second copy).
 
 Tokenizers are *equal* when these match: ``get_vocab()`` (every token and id, added tokens
 included), the special-token ids (BOS, EOS, PAD, UNK and ``all_special_ids``), and, for fast
@@ -22,12 +22,11 @@ from typing import Any
 import torch
 
 from tunelens.activations.options import ActivationOptions
+from tunelens.checkpoints.causal_lm import load_causal_lm
 from tunelens.checkpoints.index import Checkpoint, open_checkpoint
-from tunelens.config import check_device
 from tunelens.errors import TunelensError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float32"}
 
 
@@ -126,21 +125,7 @@ def resolve_dtype(options: ActivationOptions, first: Checkpoint) -> str:
     return _ST_DTYPES.get(stored, "float32")
 
 
-def load_model(ck: Checkpoint, dtype: str, device: str) -> torch.nn.Module:
-    """One model in eval mode on ``device`` (safetensors only, no remote code)."""
-    from transformers import AutoModelForCausalLM
-
-    check_device(device)
-    try:
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            str(ck.path),
-            dtype=DTYPES[dtype],
-            trust_remote_code=False,
-            use_safetensors=True,
-            local_files_only=True,
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        raise TunelensError(f"{ck.path}: transformers cannot load it ({str(exc).splitlines()[0]})") from exc
-    model.eval()
-    loaded: torch.nn.Module = model.to(device)
-    return loaded
+def load_model(ck: Checkpoint, dtype: str, device: str, *, quiet: bool = False) -> torch.nn.Module:
+    """One model in eval mode on ``device`` (:func:`tunelens.checkpoints.causal_lm.load_causal_lm`:
+    safetensors only, no remote code, no second copy of the weights)."""
+    return load_causal_lm(ck, dtype=dtype, device=device, quiet=quiet)

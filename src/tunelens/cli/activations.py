@@ -113,6 +113,7 @@ def activations_cmd(
     """
     from tunelens import api
     from tunelens.activations.options import ActivationOptions
+    from tunelens.checkpoints.causal_lm import transformers_output
 
     options = ActivationOptions(
         seq_len=seq_len,
@@ -131,7 +132,8 @@ def activations_cmd(
         quiet=quiet,
         allow_nonfinite=allow_nonfinite,
     )
-    result = api.activations(list(models), corpus=list(corpus) or None, out=out, options=options, force=force)
+    with transformers_output(quiet=quiet):
+        result = api.activations(list(models), corpus=list(corpus) or None, out=out, options=options, force=force)
     if not quiet:
         _print_table(result.summary)
         store = result.summary["pattern_store"]

@@ -20,6 +20,7 @@ from tunelens.errors import TunelensError
 def demo_cmd(out: Path, resume: bool, force: bool, tiny: bool, cache_dir: Path | None, quiet: bool) -> None:
     """Build (or reuse) the demo zoo — SmolLM2-135M-Instruct and its medical, math and code fine-tunes —
     and run the full study on it into OUT."""
+    from tunelens.checkpoints.causal_lm import transformers_output
     from tunelens.study.demo import demo_config
     from tunelens.study.pipeline import run_study
     from tunelens.zoo import ZooSpec, build
@@ -28,7 +29,8 @@ def demo_cmd(out: Path, resume: bool, force: bool, tiny: bool, cache_dir: Path |
     if out.exists() and not (resume or force):
         raise TunelensError(f"{out} already exists; pass --resume to reuse it or --force to replace it")
     log("zoo: building or reusing the demo models")
-    zoo = build(ZooSpec.tiny() if tiny else ZooSpec.demo(), cache_dir, quiet=quiet)
-    cfg = demo_config(zoo)
-    runs = run_study(cfg, out, resume=resume, force=force, quiet=quiet, log=log)
+    with transformers_output(quiet=quiet):
+        zoo = build(ZooSpec.tiny() if tiny else ZooSpec.demo(), cache_dir, quiet=quiet)
+        cfg = demo_config(zoo)
+        runs = run_study(cfg, out, resume=resume, force=force, quiet=quiet, log=log)
     summary(out, runs, True)

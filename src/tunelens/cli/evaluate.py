@@ -71,6 +71,7 @@ def evaluate_cmd(model: str, tasks: tuple[str, ...], out: Path, **kw: Any) -> No
     samples.jsonl (every prompt, output or log-likelihoods, and score).
     """
     from tunelens import api
+    from tunelens.checkpoints.causal_lm import transformers_output
     from tunelens.evaluation.run import RunOptions
 
     options = RunOptions(
@@ -82,23 +83,24 @@ def evaluate_cmd(model: str, tasks: tuple[str, ...], out: Path, **kw: Any) -> No
         threads=kw["threads"],
     )
     chat = None if kw["chat_template"] == "task" else kw["chat_template"]
-    result = api.evaluate(
-        model,
-        list(tasks),
-        out=out,
-        data_dir=kw["data_dir"],
-        num_fewshot=kw["num_fewshot"],
-        max_new_tokens=kw["max_new_tokens"],
-        chat_template=chat,
-        options=options,
-        dtype=kw["dtype"],
-        device=kw["device"],
-        force=kw["force"],
-        apply=list(kw["apply_specs"]),
-        sweep=kw["sweep"],
-        lm_eval_tasks=list(kw["lm_eval_tasks"]),
-        lm_eval_include=kw["lm_eval_include"],
-    )
+    with transformers_output(quiet=kw["quiet"]):
+        result = api.evaluate(
+            model,
+            list(tasks),
+            out=out,
+            data_dir=kw["data_dir"],
+            num_fewshot=kw["num_fewshot"],
+            max_new_tokens=kw["max_new_tokens"],
+            chat_template=chat,
+            options=options,
+            dtype=kw["dtype"],
+            device=kw["device"],
+            force=kw["force"],
+            apply=list(kw["apply_specs"]),
+            sweep=kw["sweep"],
+            lm_eval_tasks=list(kw["lm_eval_tasks"]),
+            lm_eval_include=kw["lm_eval_include"],
+        )
     if not kw["quiet"]:
         for r in result.results:
             err = f" ± {r['stderr']:.4f}" if r["stderr"] is not None else ""

@@ -29,13 +29,15 @@ def say(quiet: bool) -> Callable[[str], None]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def study_cmd(config: Path, out: Path, resume: bool, force: bool, no_report: bool, quiet: bool) -> None:
     """Run the stages STUDY.yaml names (diff, subspace, activations, evaluate, edits, sweep) into OUT."""
+    from tunelens.checkpoints.causal_lm import transformers_output
     from tunelens.study.config import StudyConfig
     from tunelens.study.pipeline import run_study
 
     cfg = StudyConfig.from_yaml(config)
-    runs = run_study(
-        cfg, out, resume=resume, force=force, quiet=quiet, report=not no_report, log=say(quiet), inputs=(config,)
-    )
+    with transformers_output(quiet=quiet):
+        runs = run_study(
+            cfg, out, resume=resume, force=force, quiet=quiet, report=not no_report, log=say(quiet), inputs=(config,)
+        )
     summary(out, runs, not no_report)
 
 

@@ -40,8 +40,11 @@ def _spec(tiny: bool, seed: int | None) -> ZooSpec:
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def build_cmd(tiny: bool, seed: int | None, cache_dir: Path | None, force: bool, quiet: bool) -> None:
     """Build the zoo (or reuse the cached one) and print where its parts are."""
+    from tunelens.checkpoints.causal_lm import transformers_output
+
     spec = _spec(tiny, seed)
-    zoo = build(spec, cache_dir, quiet=quiet, force=force)
+    with transformers_output(quiet=quiet):
+        zoo = build(spec, cache_dir, quiet=quiet, force=force)
     click.echo(f"zoo: {zoo.root}")
     click.echo(f"  base: {zoo.base}")
     for d, p in zoo.tuned.items():

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import torch
-
+from tunelens.checkpoints.causal_lm import load_causal_lm, transformers_output
 from tunelens.checkpoints.index import Checkpoint, open_checkpoint
+from tunelens.config import check_device
 from tunelens.errors import TunelensError
 
 EvalDtype = Literal["float32", "bfloat16", "float16", "float64"]
@@ -32,29 +32,24 @@ class LoadedModel:
         return {**self.checkpoint.describe(), "dtype": self.dtype, "device": self.device}
 
 
-def load_model(spec: str | Path, *, dtype: EvalDtype = "float32", device: str = "cpu") -> LoadedModel:
-    """``[name=]folder`` → :class:`LoadedModel` (transformers, local files only, eval mode)."""
+def load_model(
+    spec: str | Path, *, dtype: EvalDtype = "float32", device: str = "cpu", quiet: bool = False
+) -> LoadedModel:
+    """``[name=]folder`` → :class:`LoadedModel`: its tokenizer, and the model from the shared loader
+    :func:`tunelens.checkpoints.causal_lm.load_causal_lm` (safetensors only, no remote code, local
+    files only, eval mode, no second copy of the weights)."""
     if dtype not in get_args(EvalDtype):
         raise TunelensError(f"--dtype must be one of {', '.join(get_args(EvalDtype))}, got {dtype}")
     ckpt = open_checkpoint(spec)
     if ckpt.kind == "vector":
         raise TunelensError(f"{ckpt.path} is a tuning-vector folder; evaluate a model (or use --apply)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    check_device(device)
+    from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(ckpt.path), local_files_only=True, trust_remote_code=False)
+        with transformers_output(quiet=quiet):
+            tokenizer = AutoTokenizer.from_pretrained(str(ckpt.path), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise TunelensError(f"{ckpt.path}: no usable tokenizer ({str(exc).splitlines()[0]})") from exc
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(ckpt.path),
-            dtype=getattr(torch, dtype),
-            local_files_only=True,
-            use_safetensors=True,
-            trust_remote_code=False,
-        )
-    except (OSError, ValueError) as exc:
-        raise TunelensError(f"{ckpt.path}: transformers cannot load it ({str(exc).splitlines()[0]})") from exc
-    model = model.to(device)  # type: ignore[arg-type]  # transformers' to() overloads
-    model.eval()
+    model = load_causal_lm(ckpt, dtype=dtype, device=device, quiet=quiet)
     return LoadedModel(checkpoint=ckpt, model=model, tokenizer=tokenizer, dtype=dtype, device=device)
