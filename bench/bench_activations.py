@@ -49,9 +49,10 @@ from tunelens.activations.collect import collect
 from tunelens.activations.compare import PairSums
 from tunelens.activations.corpus import find_files, tokenize
 from tunelens.activations.hooks import Taps
-from tunelens.activations.loading import load_model, load_tokenizer
+from tunelens.activations.loading import load_model
 from tunelens.activations.options import ActivationOptions
 from tunelens.activations.store import PatternStore
+from tunelens.checkpoints.causal_lm import load_tokenizer
 from tunelens.checkpoints.index import open_checkpoint
 from tunelens.testing import make_tiny, save_tokenizer
 
@@ -121,7 +122,7 @@ class HookClock:
 def overhead(folder: Path, tokens: int, reps: int, dtype: str, seq_len: int, work: Path) -> dict[str, Any]:
     """Tokens/s of the plain forward and of each capture mode on the same batches, interleaved."""
     opts = ActivationOptions(seq_len=seq_len, batch_size=BATCH, max_tokens=tokens, quiet=True)
-    corpus = tokenize(find_files([bundled_corpus()]), load_tokenizer(folder), opts, work)
+    corpus = tokenize(find_files([bundled_corpus()]), load_tokenizer((folder, {})), opts, work)
     model = load_model(open_checkpoint(str(folder)), dtype, "cpu")
     backbone = getattr(model, "base_model", model)
     batches = [torch.from_numpy(b.input_ids) for b in corpus.batches()]

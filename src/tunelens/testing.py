@@ -205,4 +205,7 @@ def merge_lora(base: Path, adapter: Path, dst: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     merged.save_pretrained(str(dst))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (Path(base) / name).exists():
+            shutil.copy2(Path(base) / name, Path(dst) / name)
     return Path(dst)

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 import tunelens.api as tl
 from tunelens.activations.bundled import bundled_corpus
-from tunelens.activations.loading import load_tokenizer
 from tunelens.activations.options import ActivationOptions
 from tunelens.activations.run import CSV_COLUMNS
+from tunelens.checkpoints.causal_lm import load_tokenizer
 from tunelens.cli import cli
 from tunelens.errors import TunelensError
 from tunelens.testing import make_tiny, perturb, save_tokenizer
@@ -68,7 +68,7 @@ def test_counts_and_distances_equal_in_memory_reference(
     result = tl.activations(
         [f"pre={pre}", f"ft={ft}", f"ft2={ft2}"], corpus=corpus_file, options=ActivationOptions(**OPTS)
     )
-    batches = _reference_batches(load_tokenizer(pre), _docs(corpus_file), 16, 3)
+    batches = _reference_batches(load_tokenizer((pre, {})), _docs(corpus_file), 16, 3)
     pats = [_reference_patterns(ref, f, "llama", batches) for f in (pre, ft, ft2)]
     tokens = pats[0].shape[1]
     s = result.summary
@@ -145,7 +145,7 @@ def test_levenshtein_option_equals_naive(zero_attn: Callable[[str], Path], ref: 
     ft = perturb(pre, pre.parent / "gemma-ft-lev", scale=0.1, only=_mlp_only)
     opts = ActivationOptions(**OPTS, distance="levenshtein", max_tokens=60)
     s = tl.activations([pre, ft], corpus=corpus_file, options=opts).summary
-    tok = load_tokenizer(pre)
+    tok = load_tokenizer((pre, {}))
     stream: list[int] = []
     for doc in _docs(corpus_file):
         stream += tok(doc, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

@@ -13,14 +13,14 @@ import pytest
 
 from tunelens.activations.bundled import bundled_corpus, obo_definition
 from tunelens.activations.corpus import find_files, tokenize
-from tunelens.activations.loading import load_tokenizer
 from tunelens.activations.options import ActivationOptions
+from tunelens.checkpoints.causal_lm import load_tokenizer
 from tunelens.errors import TunelensError
 
 
 @pytest.fixture(scope="module")
 def tok(tiny: Callable[..., Path]) -> Any:
-    return load_tokenizer(tiny("llama"))
+    return load_tokenizer((tiny("llama"), {}))
 
 
 def _naive_sequences(tok: Any, docs: list[str], seq_len: int, bos: bool, limit: int | None = None) -> list[list[int]]:

@@ -499,3 +499,29 @@ def test_inspect_shows_format_and_types(ggufs) -> None:
     info = json.loads(r.output)
     assert info["format"] == "gguf" and info["quantization"] == {"F32": n1, "Q8_0": n2}
     assert info["architecture"] == ["LlamaForCausalLM"] and info["layers"] == 3
+
+
+def test_activations_run_a_gguf_as_its_converted_folder(ggufs, tiny, tmp_path: Path) -> None:
+    """A GGUF runs through transformers' GGUF loader: the patterns of the folder it converts to, bit for bit."""
+    from tunelens import api
+    from tunelens.activations.options import ActivationOptions
+
+    folder, file = ggufs("llama", Q.Q8_0)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"{i}: the patient presented with fever."}) + "\n" for i in range(8)))
+    opts = ActivationOptions(seq_len=16, dtype="float32", tokenizer=tiny("llama"))  # the tiny GGUF has no vocabulary
+    res = api.activations([f"q8={file}", f"hf={folder}"], corpus=corpus, options=opts).summary
+    q8 = res["models"][0]["fraction_active"]
+    assert len(q8) == 3 and all(0 < f < 1 for f in q8)
+    assert res["pairs"][0]["distance"] != [0.0, 0.0, 0.0]  # Q8_0 weights differ from the float ones ...
+    conv = tmp_path / "conv"
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
+    del loaded.config.quantization_config
+    plain = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    plain.save_pretrained(str(conv))
+    same = api.activations([f"q8={file}", f"conv={conv}"], corpus=corpus, options=opts).summary
+    assert same["pairs"][0]["distance"] == [0.0, 0.0, 0.0]  # ... and are exactly those of its conversion
+    assert same["models"][0]["fraction_active"] == same["models"][1]["fraction_active"]

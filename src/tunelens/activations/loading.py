@@ -22,11 +22,10 @@ from typing import Any
 import torch
 
 from tunelens.activations.options import ActivationOptions
-from tunelens.checkpoints.causal_lm import load_causal_lm
+from tunelens.checkpoints.causal_lm import load_causal_lm, load_tokenizer, runs_on, tokenizer_source
 from tunelens.checkpoints.index import Checkpoint, open_checkpoint
 from tunelens.errors import TunelensError
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 _ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float32"}
 
 
@@ -46,19 +45,6 @@ def open_models(specs: list[str | Path | Checkpoint]) -> list[Checkpoint]:
     return cks
 
 
-def has_tokenizer(path: Path) -> bool:
-    return any((path / f).exists() for f in TOKENIZER_FILES)
-
-
-def load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise TunelensError(f"{path}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from exc
-
-
 def tokenizer_identity(tok: Any) -> dict[str, str]:
     """sha256 of each part that decides how text becomes ids (see the module docstring)."""
     vocab = sorted(tok.get_vocab().items())
@@ -75,32 +61,35 @@ def tokenizer_identity(tok: Any) -> dict[str, str]:
 
 def shared_tokenizer(models: list[Checkpoint], options: ActivationOptions) -> tuple[Any, dict[str, Any]]:
     """The one tokenizer every model uses, or a one-line error naming the models and what differs."""
-    source = options.tokenizer
-    if source is None:
-        source = next((c.path for c in models if has_tokenizer(c.path)), None)
+    sources = {ck.name: tokenizer_source(ck) for ck in models}
+    if options.tokenizer is not None:
+        source: tuple[Path, dict[str, Any]] | None = (Path(options.tokenizer), {})
+    else:
+        source = next((s for s in sources.values() if s is not None), None)
     if source is None:
         raise TunelensError("no model folder holds tokenizer files; point --tokenizer at one")
-    tok = load_tokenizer(Path(source))
+    tok = load_tokenizer(source)
     ref = tokenizer_identity(tok)
     checked: list[str] = []
     for ck in models:
-        if not has_tokenizer(ck.path):
+        own = sources[ck.name]
+        if own is None:
             continue
-        other = tokenizer_identity(load_tokenizer(ck.path)) if ck.path != Path(source) else ref
+        other = tokenizer_identity(load_tokenizer(own)) if own != source else ref
         differ = [k for k in ref if ref[k] != other.get(k)]
         if differ:
             raise TunelensError(
-                f"tokenizers differ: {ck.name} ({ck.path}) and {source} differ in {', '.join(differ)}; "
+                f"tokenizers differ: {ck.name} ({own[0]}) and {source[0]} differ in {', '.join(differ)}; "
                 "activation patterns are only comparable on identical token ids"
             )
         checked.append(ck.name)
     info = {
-        "source": str(source),
+        "source": str(source[0] / source[1]["gguf_file"]) if source[1] else str(source[0]),
         "class": type(tok).__name__,
         "vocab_size": len(tok),
         "sha256": ref,
         "checked_equal": checked,
-        "without_tokenizer_files": [c.name for c in models if not has_tokenizer(c.path)],
+        "without_tokenizer_files": [name for name, src in sources.items() if src is None],
         "equality": "get_vocab(), special-token ids, tokenizer.json normalizer / pre_tokenizer / model",
     }
     return tok, info
@@ -108,17 +97,17 @@ def shared_tokenizer(models: list[Checkpoint], options: ActivationOptions) -> tu
 
 def check_vocab(models: list[Checkpoint], max_id: int) -> None:
     for ck in models:
-        n = ck.arch.vocab_size
+        n = runs_on(ck).arch.vocab_size
         if n is not None and max_id >= n:
             raise TunelensError(f"{ck.name}: the corpus uses token id {max_id}, the model has only {n} embeddings")
 
 
 def resolve_dtype(options: ActivationOptions, first: Checkpoint) -> str:
-    """``auto`` → the float dtype most of the first model's parameters are stored in."""
+    """``auto`` → the float dtype most of the first model's parameters are stored in (an adapter's base's)."""
     if options.dtype != "auto":
         return options.dtype
     sizes: dict[str, int] = {}
-    for t in first.tensors.values():
+    for t in runs_on(first).tensors.values():
         if t.is_float:
             sizes[t.dtype] = sizes.get(t.dtype, 0) + t.numel
     stored = max(sizes, key=lambda k: sizes[k]) if sizes else "F32"

@@ -31,6 +31,7 @@ from tunelens.activations.hooks import find_sites
 from tunelens.activations.loading import check_vocab, load_model, resolve_dtype, shared_tokenizer
 from tunelens.activations.options import ActivationOptions
 from tunelens.activations.store import PatternStore, store_bytes
+from tunelens.checkpoints.causal_lm import runs_on
 from tunelens.checkpoints.index import Checkpoint
 from tunelens.config import check_device
 from tunelens.errors import TunelensError
@@ -195,9 +196,9 @@ def _shape(model: torch.nn.Module, options: ActivationOptions) -> tuple[int, int
 
 
 def _check_same_shape(models: list[Checkpoint]) -> None:
-    first = models[0].arch
+    first = runs_on(models[0]).arch
     for ck in models[1:]:
-        a = ck.arch
+        a = runs_on(ck).arch
         if (a.num_layers, a.intermediate_size) != (first.num_layers, first.intermediate_size):
             raise TunelensError(
                 f"{ck.name} has {a.num_layers} layers of MLP width {a.intermediate_size}, {models[0].name} has "
@@ -208,7 +209,8 @@ def _check_same_shape(models: list[Checkpoint]) -> None:
 
 def _check_positions(models: list[Checkpoint], seq_len: int) -> None:
     for ck in models:
-        limit = ck.config.get("max_position_embeddings") or ck.config.get("n_positions")
+        config = runs_on(ck).config
+        limit = config.get("max_position_embeddings") or config.get("n_positions")
         if isinstance(limit, int) and seq_len > limit:
             raise TunelensError(f"--seq-len {seq_len} exceeds {ck.name}'s {limit} positions")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelens.checkpoints.index import Checkpoint
@@ -40,6 +41,45 @@ if TYPE_CHECKING:
 
 #: dtype names the model-running commands accept (``--dtype``)
 DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def runs_on(ck: Checkpoint) -> Checkpoint:
+    """The checkpoint whose weights are loaded to run ``ck``: itself, or for a PEFT adapter the base it
+    names, opened from its headers (its τ is then added in place, :func:`load_causal_lm`)."""
+    if ck.kind != "adapter":
+        return ck
+    from tunelens.checkpoints.adapter import adapter_base
+
+    return adapter_base(ck)
+
+
+def is_gguf(ck: Checkpoint) -> bool:
+    return ck.origin.get("format") == "gguf"
+
+
+def tokenizer_source(ck: Checkpoint) -> tuple[Path, dict[str, Any]] | None:
+    """Where ``ck``'s tokenizer comes from, as ``AutoTokenizer.from_pretrained`` arguments: its folder's
+    tokenizer files, a GGUF file's own vocabulary, or (an adapter saved without one) its base's."""
+    if is_gguf(ck):
+        return (ck.path.parent, {"gguf_file": ck.path.name}) if ck.origin.get("tokenizer") else None
+    if any((ck.path / f).exists() for f in TOKENIZER_FILES):
+        return ck.path, {}
+    if ck.kind == "adapter":
+        return tokenizer_source(runs_on(ck))
+    return None
+
+
+def load_tokenizer(source: tuple[Path, dict[str, Any]], *, quiet: bool = False) -> Any:
+    """The tokenizer at ``source`` (:func:`tokenizer_source`): local files only, no remote code."""
+    from transformers import AutoTokenizer
+
+    folder, kwargs = source
+    try:
+        with transformers_output(quiet=quiet):
+            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise TunelensError(f"{folder}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from exc
 
 
 @contextmanager
@@ -65,15 +105,31 @@ def transformers_output(*, quiet: bool) -> Iterator[None]:
 
 
 def load_causal_lm(ck: Checkpoint, *, dtype: str, device: str = "cpu", quiet: bool = False) -> torch.nn.Module:
-    """The model of ``ck`` in ``dtype`` (one of :data:`DTYPE_NAMES`), eval mode, on ``device``."""
+    """The model of ``ck`` in ``dtype`` (one of :data:`DTYPE_NAMES`), eval mode, on ``device``.
+
+    A PEFT adapter runs on the base it names: the base is loaded and the adapter's τ added in place
+    (:func:`tunelens.arithmetic.inmemory.apply_in_place`, the values PEFT's ``merge_and_unload`` gives).
+    A GGUF file goes through transformers' own GGUF loader, which de-quantizes every tensor to float32
+    before casting to ``dtype`` (memory: 4 bytes per parameter while loading; the same values as the
+    folder ``tunelens apply X.gguf -v X.gguf:0`` writes).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tunelens.config import check_device
+    from tunelens.config import ReadOptions, check_device
 
     if dtype not in DTYPE_NAMES:
         raise TunelensError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {dtype}")
     check_device(device)
+    if ck.kind == "adapter":
+        from tunelens.arithmetic.inmemory import apply_in_place
+
+        base = runs_on(ck)
+        model = load_causal_lm(base, dtype=dtype, device=device, quiet=quiet)
+        apply_in_place(model, base, [(ck, 1.0)], options=ReadOptions(quiet=True))
+        return model
+    where = {"gguf_file": ck.path.name} if is_gguf(ck) else {"use_safetensors": True}
+    folder = ck.path.parent if is_gguf(ck) else ck.path
     if ck.kind == "vector":
         raise TunelensError(f"{ck.path} is a tuning-vector folder, not a model (make one with tunelens apply)")
     if ck.pickle:
@@ -81,12 +137,12 @@ def load_causal_lm(ck: Checkpoint, *, dtype: str, device: str = "cpu", quiet: bo
     try:
         with transformers_output(quiet=quiet):
             loaded: Any = AutoModelForCausalLM.from_pretrained(
-                str(ck.path),
+                str(folder),
                 dtype=getattr(torch, dtype),
                 trust_remote_code=False,
-                use_safetensors=True,
                 local_files_only=True,
                 output_loading_info=True,
+                **where,
             )
     except (OSError, ValueError, KeyError) as exc:
         raise TunelensError(f"{ck.path}: transformers cannot load it ({str(exc).splitlines()[0]})") from exc

@@ -122,6 +122,7 @@ def open_gguf(file: Path, name: str) -> Checkpoint:
         "file_bytes": size,
         "unmapped_tensors": unmapped,
         "conversions": _conversions(arch, family),
+        "tokenizer": header.fields.get("tokenizer.ggml.model"),  # None: the file carries no vocabulary
     }
     return Checkpoint(
         path=file,

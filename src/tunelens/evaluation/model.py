@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from tunelens.checkpoints.causal_lm import load_causal_lm, transformers_output
+from tunelens.checkpoints.causal_lm import load_causal_lm, load_tokenizer, runs_on, tokenizer_source
 from tunelens.checkpoints.index import Checkpoint, open_checkpoint
 from tunelens.config import check_device
 from tunelens.errors import TunelensError
@@ -23,13 +23,24 @@ class LoadedModel:
     tokenizer: Any
     dtype: EvalDtype
     device: str
+    weights: Checkpoint | None = (
+        None  # the folder the weights were loaded from, when not ``checkpoint`` (an adapter's base)
+    )
 
     @property
     def name(self) -> str:
         return self.checkpoint.name
 
+    @property
+    def base(self) -> Checkpoint:
+        """The checkpoint whose stored weights the resident model started from (edits take τ against it)."""
+        return self.weights or self.checkpoint
+
     def describe(self) -> dict[str, Any]:
-        return {**self.checkpoint.describe(), "dtype": self.dtype, "device": self.device}
+        out = {**self.checkpoint.describe(), "dtype": self.dtype, "device": self.device}
+        if self.weights is not None:
+            out["runs_on"] = self.weights.describe()
+        return out
 
 
 def load_model(
@@ -44,12 +55,10 @@ def load_model(
     if ckpt.kind == "vector":
         raise TunelensError(f"{ckpt.path} is a tuning-vector folder; evaluate a model (or use --apply)")
     check_device(device)
-    from transformers import AutoTokenizer
-
-    try:
-        with transformers_output(quiet=quiet):
-            tokenizer = AutoTokenizer.from_pretrained(str(ckpt.path), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise TunelensError(f"{ckpt.path}: no usable tokenizer ({str(exc).splitlines()[0]})") from exc
+    source = tokenizer_source(ckpt)
+    if source is None:
+        raise TunelensError(f"{ckpt.path}: no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
+    tokenizer = load_tokenizer(source, quiet=quiet)
     model = load_causal_lm(ckpt, dtype=dtype, device=device, quiet=quiet)
-    return LoadedModel(checkpoint=ckpt, model=model, tokenizer=tokenizer, dtype=dtype, device=device)
+    weights = runs_on(ckpt) if ckpt.kind == "adapter" else None
+    return LoadedModel(ckpt, model, tokenizer, dtype, device, weights)

@@ -48,7 +48,7 @@ def edit_variants(lm: LoadedModel, specs: Sequence[str], sweep: Sequence[float] 
     for s in sweep or [1.0]:
 
         def enter(model: Any, s: float = s) -> AbstractContextManager[Any]:
-            return edited(model, lm.checkpoint, [(ck, lam * s) for ck, lam in terms])
+            return edited(model, lm.base, [(ck, lam * s) for ck, lam in terms])
 
         label = "edited" if not sweep else f"sweep={s:g}"
         recipe = {
