@@ -299,7 +299,7 @@ def evaluate(
     """
     from tunelens.errors import TunelensError
     from tunelens.evaluation.evaluate import evaluate as _evaluate
-    from tunelens.evaluation.evaluate import resolve_tasks
+    from tunelens.evaluation.evaluate import preflight, resolve_tasks
     from tunelens.evaluation.model import load_model
     from tunelens.evaluation.run import RunOptions
     from tunelens.evaluation.variants import edit_variants, parse_sweep
@@ -319,6 +319,9 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         chat_template=chat_template,  # type: ignore[arg-type]  # validated by TaskSpec
     )
+    if opts.limit is not None and opts.limit < 1:
+        raise TunelensError("--limit must be at least 1")
+    preflight(specs, opts)  # bad rows, fields and templates fail here too
     lm = load_model(model, dtype=dtype, device=device)  # type: ignore[arg-type]  # validated by load_model
     variants = edit_variants(lm, list(apply), scales) or None
     extra = None

@@ -22,6 +22,8 @@ from typing import Any
 
 from tunelens.errors import TunelensError
 
+FOLLOW_METRICS = ("follow_tags", "follow_answer", "follow_stop", "follow_all")
+
 
 @dataclass(frozen=True)
 class FormatRules:

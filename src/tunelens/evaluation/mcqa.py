@@ -24,6 +24,7 @@ lm-eval cuts them (``(ctx + cont)[-(max_len + 1):][:-1]``), without prefix reuse
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from tunelens.errors import TunelensError
+from tunelens.evaluation.workers import SERIAL, Workers
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,25 @@ def _argmax(values: Sequence[float]) -> int:
     return best
 
 
+MC_METRICS = ("acc", "acc_norm", "acc_bytes", "gold_loglik", "gold_prob", "gold_margin")
+
+
+def gold_scores(lls: Sequence[float], gold: int) -> dict[str, float]:
+    """Continuous scores of the gold choice: its log-likelihood, its probability normalised over the choices
+    (``exp(ll_gold − logsumexp ll)``) and its margin over the best wrong choice (float64)."""
+    top = max(lls)
+    log_total = top + math.log(math.fsum(math.exp(ll - top) for ll in lls))
+    wrong = max(ll for i, ll in enumerate(lls) if i != gold)
+    return {
+        "gold_loglik": lls[gold],
+        "gold_prob": math.exp(lls[gold] - log_total),
+        "gold_margin": lls[gold] - wrong,
+    }
+
+
 def mc_scores(q: Question, s: Scored) -> dict[str, Any]:
-    """Predictions and the 0/1 scores ``acc``, ``acc_norm``, ``acc_bytes`` of one question."""
+    """Predictions, the 0/1 scores ``acc``, ``acc_norm``, ``acc_bytes`` and the continuous :func:`gold_scores`
+    of one question."""
     lls = s.loglikelihoods
     pred = _argmax(lls)
     pred_norm = _argmax([ll / len(c) for ll, c in zip(lls, q.choices, strict=True)])
@@ -72,6 +91,7 @@ def mc_scores(q: Question, s: Scored) -> dict[str, Any]:
             "acc": float(pred == q.gold),
             "acc_norm": float(pred_norm == q.gold),
             "acc_bytes": float(pred_bytes == q.gold),
+            **gold_scores(lls, q.gold),
         },
     }
 
@@ -107,6 +127,12 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     return ctx, whole[len(ctx) :]
 
 
+def cache_kwargs(model: Any) -> str:
+    """The forward argument that takes a KV cache: ``cache`` in transformers 5 (``past_key_values`` before,
+    still accepted with a warning)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     """Log-softmax over the vocabulary in float32 (float64 for a float64 model)."""
     return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
@@ -132,27 +158,30 @@ def _score_shared_prefix(model: Any, ctx: list[int], conts: list[list[int]], pad
     dev = model.device
     out = model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, logits_to_keep=1)
     first = _log_probs(out.logits[0, -1]).cpu()  # (V,)
-    # transformers 5 names the cache ``cache`` (``past_key_values`` before, still accepted with a warning)
-    new_api = "cache" in inspect.signature(model.forward).parameters
+    kw = cache_kwargs(model)
     lls = [float(first[c[0]]) for c in conts]
     greedy = [int(first.argmax()) == c[0] for c in conts]
     if width > 1:  # feed c[:-1] after the shared context: position j predicts token j + 1
         width -= 1
-        cache = out.cache if new_api else out.past_key_values
+        cache = out.cache if kw == "cache" else out.past_key_values
         cache.batch_repeat_interleave(n)
         ids = torch.full((n, width), pad, dtype=torch.long)
         mask = torch.ones((n, len(ctx) + width), dtype=torch.long)
+        keep = torch.zeros((n, width), dtype=torch.bool)  # real positions: only they are projected onto the vocabulary
         for i, c in enumerate(conts):
             ids[i, : len(c) - 1] = torch.tensor(c[:-1])
             mask[i, len(ctx) + len(c) - 1 :] = 0
+            keep[i, : len(c) - 1] = True
         pos = torch.arange(len(ctx), len(ctx) + width).expand(n, width)
-        kw = {"cache" if new_api else "past_key_values": cache}
-        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **kw).logits
-        lp = _log_probs(logits).cpu()  # (n, width, V)
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                       logits_to_keep=keep.to(dev), **{kw: cache}).logits  # fmt: skip
+        lp = _log_probs(logits.reshape(-1, logits.shape[-1])).cpu()  # (real positions, V), row-major
+        at = 0
         for i, c in enumerate(conts):
             if len(c) > 1:
                 tgt = torch.tensor(c[1:])
-                rows = lp[i, : len(c) - 1]
+                rows = lp[at : at + len(c) - 1]
+                at += len(c) - 1
                 lls[i] += float(rows.gather(1, tgt[:, None]).double().sum())
                 greedy[i] = greedy[i] and bool((rows.argmax(-1) == tgt).all())
     return Scored(lls, greedy, [len(c) for c in conts])
@@ -180,8 +209,10 @@ def score_questions(
     batch_size: int = 8,
     quiet: bool = False,
     desc: str = "scoring",
+    workers: Workers = SERIAL,
 ) -> list[Scored]:
-    """Log-likelihood of every continuation of every question (see the module docstring)."""
+    """Log-likelihood of every continuation of every question (see the module docstring); batches of one-token
+    questions, and single questions with longer continuations, run on ``workers``."""
     max_len = model_max_length(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded: list[tuple[list[int], list[list[int]]]] = []
@@ -194,23 +225,33 @@ def score_questions(
         if any(len(c) > max_len for c in conts):
             raise TunelensError(f"a choice is longer than the model's context ({max_len} tokens)")
         encoded.append((ctx, conts))
-    results: list[Scored | None] = [None] * len(questions)
     single = [i for i, (_, cs) in enumerate(encoded) if all(len(c) == 1 for c in cs)]
     single.sort(key=lambda i: -len(encoded[i][0]))
+    units: list[list[int]] = [single[s : s + batch_size] for s in range(0, len(single), batch_size)]
+    units += [[i] for i in range(len(encoded)) if i not in set(single)]
     bar = tqdm(total=len(questions), desc=desc, disable=quiet or not sys.stderr.isatty(), leave=False)
-    for start in range(0, len(single), batch_size):
-        chunk = single[start : start + batch_size]
-        lp = _forward_last(model, [encoded[i][0][-max_len:] for i in chunk], pad)
-        top = lp.argmax(-1)
-        for row, i in enumerate(chunk):
-            toks = [c[0] for c in encoded[i][1]]
-            results[i] = Scored([float(lp[row, t]) for t in toks], [int(top[row]) == t for t in toks], [1] * len(toks))
-        bar.update(len(chunk))
-    for i, (ctx, conts) in enumerate(encoded):
-        if results[i] is not None:
-            continue
-        fits = len(ctx) + max(len(c) for c in conts) <= max_len + 1
-        results[i] = _score_shared_prefix(model, ctx, conts, pad) if fits else _score_full(model, ctx, conts, max_len)
-        bar.update(1)
+
+    def run(unit: list[int]) -> list[Scored]:
+        """A batch of one-token questions, or one question with longer continuations."""
+        ctx, conts = encoded[unit[0]]
+        if all(len(c) == 1 for c in conts):
+            lp = _forward_last(model, [encoded[i][0][-max_len:] for i in unit], pad)
+            top = lp.argmax(-1)
+            out = []
+            for row, i in enumerate(unit):
+                toks = [c[0] for c in encoded[i][1]]
+                out.append(
+                    Scored([float(lp[row, t]) for t in toks], [int(top[row]) == t for t in toks], [1] * len(toks))
+                )
+        else:
+            fits = len(ctx) + max(len(c) for c in conts) <= max_len + 1
+            out = [_score_shared_prefix(model, ctx, conts, pad) if fits else _score_full(model, ctx, conts, max_len)]
+        bar.update(len(unit))
+        return out
+
+    results: list[Scored | None] = [None] * len(questions)
+    for unit, scored in zip(units, workers.map(run, units), strict=True):
+        for i, sc in zip(unit, scored, strict=True):
+            results[i] = sc
     bar.close()
     return [r for r in results if r is not None]
