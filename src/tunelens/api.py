@@ -24,7 +24,7 @@ from tunelens.vectors.write import write_vector
 
 __all__ = [
     "DiffResult", "Selection", "ReadOptions", "diff", "inspect", "open_checkpoint", "vector", "apply", "lora",
-    "activations", "subspace", "evaluate",
+    "activations", "subspace", "evaluate", "compare",
 ]  # fmt: skip
 
 
@@ -348,3 +348,34 @@ def evaluate(
         force=force,
         extra_results=extra,
     )
+
+
+def compare(
+    runs: list[str | Path] | tuple[str | Path, ...],
+    *,
+    out: str | Path | None = None,
+    all_pairs: bool = False,
+    resamples: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
+    force: bool = False,
+) -> Any:
+    """Paired comparisons of evaluate / study output folders: every model (or variant) against the first one, or
+    every pair, on the items they share (matched by task and id). Refuses tasks defined differently.
+
+    With ``out``, writes ``comparisons.csv`` and ``comparisons.json`` there. Returns a
+    :class:`tunelens.evaluation.compare.CompareResult` (``.rows``, ``.summary``).
+    """
+    from tunelens.evaluation.compare import compare_runs, write_comparisons
+    from tunelens.evaluation.stats import StatsOptions
+
+    opts = StatsOptions(level=level, resamples=resamples, seed=seed)
+    if out is not None:
+        check_target(Path(out), force)
+    clock = RunClock()
+    result = compare_runs(list(runs), all_pairs=all_pairs, opts=opts)
+    result.summary = clock.metadata([], **result.summary)
+    if out is not None:
+        with atomic_dir(Path(out), force=force) as tmp:
+            write_comparisons(tmp, result)
+    return result

@@ -59,14 +59,17 @@ mmlu_general pubmedqa pubmedqa_rouge gsm8k format_medical format_gsm8k.
 )
 @click.option("--lm-eval-include", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Folder of extra lm-eval task YAMLs (local data; nothing is downloaded).")  # fmt: skip
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Score items whose logits are NaN or infinite as null (default: stop with an error).")  # fmt: skip
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
 def evaluate_cmd(model: str, tasks: tuple[str, ...], out: Path, **kw: Any) -> None:
     """Score MODEL on each TASK: accuracy / acc_norm by log-likelihood (as lm-evaluation-harness),
     ROUGE-1 and exact match of greedy generations, and instruction-format compliance.
 
-    Writes results.json (value, n, stderr per metric, with definitions), results.csv and
-    samples.jsonl (every prompt, output or log-likelihoods, and score).
+    Writes results.json (value, n, stderr and a 95% interval per metric, with definitions), results.csv and
+    samples.jsonl (every prompt, output or log-likelihoods, and score); with --apply/--sweep variants,
+    comparisons.csv (each variant against the first on the same items: difference, interval, p-values).
     """
     from tunelens import api
     from tunelens.evaluation.run import RunOptions
@@ -78,6 +81,7 @@ def evaluate_cmd(model: str, tasks: tuple[str, ...], out: Path, **kw: Any) -> No
         seed=kw["seed"],
         quiet=kw["quiet"],
         threads=kw["threads"],
+        allow_nonfinite=kw["allow_nonfinite"],
     )
     chat = None if kw["chat_template"] == "task" else kw["chat_template"]
     result = api.evaluate(
@@ -99,7 +103,14 @@ def evaluate_cmd(model: str, tasks: tuple[str, ...], out: Path, **kw: Any) -> No
     )
     if not kw["quiet"]:
         for r in result.results:
-            err = f" ± {r['stderr']:.4f}" if r["stderr"] is not None else ""
             value = f"{r['value']:.4f}" if r["value"] is not None else "-"
-            click.echo(f"{r['variant']:>12}  {r['task']:<20} {r['metric']:<14} {value}{err}  (n={r['n']})")
-    click.echo(f"wrote {out}/results.json, {out}/results.csv and {out}/samples.jsonl")
+            ci = f" [{r['ci_low']:.4f}, {r['ci_high']:.4f}]" if r.get("ci_low") is not None else ""
+            click.echo(f"{r['variant']:>12}  {r['task']:<20} {r['metric']:<14} {value}{ci}  (n={r['n']})")
+        from tunelens.cli.compare import change_line
+        from tunelens.evaluation.compare import is_change
+
+        for c in result.comparisons:
+            if is_change(c):
+                click.echo("change: " + change_line(c))
+    files = "results.json, results.csv, samples.jsonl" + (", comparisons.csv" if result.comparisons else "")
+    click.echo(f"wrote {files} to {out}")

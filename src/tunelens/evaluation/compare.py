@@ -199,6 +199,20 @@ def check_same_tasks(runs: Sequence[Run]) -> None:
                 )
 
 
+def pair_scores(runs: Sequence[Run], pairs: Sequence[tuple[str, str]]) -> list[tuple[Scores, Scores]]:
+    """The (a, b) score pairs of every task both labels scored, pairs in order, tasks in a's order."""
+    by_label: dict[str, dict[str, Scores]] = {}
+    for run in runs:
+        for (variant, task), sc in run.scores.items():
+            by_label.setdefault(run_label(run.name, variant), {})[task] = sc
+    out = []
+    for a, b in pairs:
+        if a not in by_label or b not in by_label:
+            raise TunelensError(f"no evaluate run named {a if a not in by_label else b}")
+        out += [(sa, by_label[b][task]) for task, sa in by_label[a].items() if task in by_label[b]]
+    return out
+
+
 def expand(path: Path) -> list[Path]:
     """An evaluate output folder, or a study folder's evaluate runs in the study's order."""
     path = Path(path)
@@ -248,19 +262,14 @@ def compare_runs(
         raise TunelensError("a run was given twice")
     runs = [read_run(f, n) for f, n in zip(folders, _names(folders), strict=True)]
     check_same_tasks(runs)
-    entries = [(run, v) for run in runs for v in run.variants]
-    if len(entries) < 2:
+    labels = [run_label(run.name, v) for run in runs for v in run.variants]
+    if len(labels) < 2:
         raise TunelensError("compare needs at least two models or variants (give two or more runs)")
     if all_pairs:
-        pairs = [(entries[i], entries[j]) for i in range(len(entries)) for j in range(i + 1, len(entries))]
+        pairs = [(labels[i], labels[j]) for i in range(len(labels)) for j in range(i + 1, len(labels))]
     else:
-        pairs = [(entries[0], e) for e in entries[1:]]
-    scored = []
-    for (ra, va), (rb, vb) in pairs:
-        for (variant, task), sa in ra.scores.items():
-            sb = rb.scores.get((vb, task))
-            if variant == va and sb is not None:
-                scored.append((sa, sb))
+        pairs = [(labels[0], lab) for lab in labels[1:]]
+    scored = pair_scores(runs, pairs)
     if not scored:
         raise TunelensError("the runs share no task: nothing to compare")
     rows = compare_all(scored, opts)
@@ -273,3 +282,11 @@ def compare_runs(
         "comparisons": rows,
     }
     return CompareResult(rows, summary)
+
+
+def write_comparisons(folder: Path, result: CompareResult) -> None:
+    """``comparisons.csv`` and ``comparisons.json`` (rows with their definitions and settings) into ``folder``."""
+    from tunelens.report.tables import write_csv, write_json
+
+    write_csv(folder / "comparisons.csv", result.rows, COMPARISON_COLUMNS)
+    write_json(folder / "comparisons.json", result.summary)
