@@ -15,8 +15,9 @@ left-padded batches, computed with less work (tests compare the two):
 
 - the token prefix shared by all prompts of a call (a system prompt, few-shot examples) is run once,
   and its KV cache copied into every batch;
-- each batch holds ``batch_size`` prompts sorted by length, right-padded after the shared prefix, with
-  explicit positions and an attention mask that hides the padding;
+- prompts are sorted by length and split into batches of at most ``batch_size`` (at least one batch per
+  worker); a batch is prefilled in length buckets right-padded after the shared prefix, with explicit
+  positions and an attention mask that hides the padding, then decoded as one batch;
 - a row that has stopped leaves the batch (its cache rows are dropped), so finished rows cost nothing.
 """
 
@@ -31,7 +32,7 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
-from tunelens.evaluation.mcqa import cache_kwargs, model_max_length, tokenize
+from tunelens.evaluation.mcqa import cache_kwargs, length_buckets, model_max_length, tokenize
 from tunelens.evaluation.workers import SERIAL, Workers
 
 StopReason = Literal["stop", "eos", "length", "nonfinite"]
@@ -127,12 +128,14 @@ class _Decoder:
         return cache, mask, out.logits[:, -1, :]
 
     def batch(self, suffixes: list[list[int]]) -> list[tuple[list[int], StopReason]]:
-        """Generated tokens and stop reason of each row (``prefix + suffix``; rows sorted by length): prefilled in
-        groups of ``PREFILL_ROWS`` (little padding), decoded together when their caches can be merged."""
-        groups = [list(range(i, min(i + PREFILL_ROWS, len(suffixes)))) for i in range(0, len(suffixes), PREFILL_ROWS)]
+        """Generated tokens and stop reason of each row (``prefix + suffix``): prefilled in length buckets of at most
+        ``PREFILL_ROWS`` rows (little padding), decoded together when their caches can be merged."""
+        groups = length_buckets(range(len(suffixes)), lambda i: len(suffixes[i]), PREFILL_ROWS)
         parts = [self._prefill([suffixes[i] for i in g]) for g in groups]
         merged = _merge(parts) if len(parts) > 1 else parts[0]
-        runs = [(list(range(len(suffixes))), merged)] if merged is not None else list(zip(groups, parts, strict=True))
+        runs = (
+            [([r for g in groups for r in g], merged)] if merged is not None else list(zip(groups, parts, strict=True))
+        )
         out: list[tuple[list[int], StopReason]] = [([], "length")] * len(suffixes)
         for rows, (cache, mask, logits) in runs:
             next_pos = torch.tensor([len(self.prefix) + len(suffixes[r]) for r in rows])
@@ -236,7 +239,9 @@ def generate(
     common = common if common >= MIN_SHARED_PREFIX else 0
     decoder = _Decoder(model, tokenizer, encoded[0][:common], stop, max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    n_chunks = max(-(-len(order) // batch_size), min(workers.count, len(order)))  # every worker gets a batch
+    size = -(-len(order) // n_chunks)
+    chunks = [order[i : i + size] for i in range(0, len(order), size)]
     bar = tqdm(total=len(prompts), desc=desc, disable=quiet or not sys.stderr.isatty(), leave=False)
 
     def run(chunk: list[int]) -> list[tuple[list[int], StopReason]]:

@@ -32,11 +32,16 @@ class Workers:
     intra_op: int | None = None  # None: leave torch's setting alone (one worker, as loaded)
 
     def map(self, fn: Callable[[T], R], units: Sequence[T]) -> list[R]:
-        """``[fn(u) for u in units]``, on ``count`` threads, in unit order."""
+        """``[fn(u) for u in units]``, on ``count`` threads (each in inference mode), in unit order."""
         if self.count <= 1 or len(units) <= 1:
             return [fn(u) for u in units]
+
+        def run(unit: T) -> R:
+            with torch.inference_mode():  # grad mode is per thread: never build graphs in a worker
+                return fn(unit)
+
         with ThreadPoolExecutor(max_workers=min(self.count, len(units))) as pool:
-            return list(pool.map(fn, units))
+            return list(pool.map(run, units))
 
 
 SERIAL = Workers()  # one unit after another, torch's threads as they are
