@@ -305,6 +305,8 @@ def evaluate(
     from tunelens.evaluation.variants import edit_variants, parse_sweep
 
     opts = options or RunOptions()
+    if opts.limit is not None and opts.limit < 1:
+        raise TunelensError(f"--limit must be at least 1, got {opts.limit}")
     scales = parse_sweep(sweep) if isinstance(sweep, str) or sweep is None else list(sweep)
     if scales and not apply:
         raise TunelensError("--sweep needs at least one --apply term")
@@ -319,8 +321,6 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         chat_template=chat_template,  # type: ignore[arg-type]  # validated by TaskSpec
     )
-    if opts.limit is not None and opts.limit < 1:
-        raise TunelensError("--limit must be at least 1")
     preflight(specs, opts)  # bad rows, fields and templates fail here too
     lm = load_model(model, dtype=dtype, device=device)  # type: ignore[arg-type]  # validated by load_model
     variants = edit_variants(lm, list(apply), scales) or None

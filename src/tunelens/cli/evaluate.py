@@ -29,7 +29,7 @@ mmlu_general pubmedqa pubmedqa_rouge gsm8k format_medical format_gsm8k.
 @click.option("--data-dir", type=click.Path(path_type=Path),
               help="Folder holding mmlu/, pubmedqa/, gsm8k/ for built-in tasks (default: $TUNELENS_DATA).")  # fmt: skip
 @click.option("--num-fewshot", type=click.IntRange(0, 64), help="Few-shot examples per item (default: the task's).")
-@click.option("--limit", type=click.IntRange(1), help="Score only N items per task (recorded in results.json).")
+@click.option("--limit", type=int, help="Score only N items per task, N >= 1 (recorded in results.json).")
 @click.option("--sample", "limit_mode", type=click.Choice(["first", "random"]), default="first", show_default=True,
               help="With --limit: the first N items, or N drawn at random with --seed.")  # fmt: skip
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed for --sample random and torch.")
