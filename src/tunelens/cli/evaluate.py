@@ -40,8 +40,8 @@ mmlu_general pubmedqa pubmedqa_rouge gsm8k format_medical format_gsm8k.
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "float64"]), default="float32",
               show_default=True)  # fmt: skip
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
-@click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: torch's; 1 is fastest on a busy "
-              "machine).")  # fmt: skip
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: torch's): batches run on up to 4 "
+              "worker threads with one torch thread each (docs/evaluate.md, Performance).")  # fmt: skip
 @click.option("--apply", "apply_specs", multiple=True, metavar="NAME=PATH[:λ]",
               help="Evaluate MODEL + Σ λ τ in memory (nothing written): PATH is a fine-tuned model (τ = PATH - MODEL) "
               "or a vector folder (its τ); λ defaults to 1. Repeatable.")  # fmt: skip
