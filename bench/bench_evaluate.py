@@ -21,6 +21,16 @@ the same batch size and torch thread count (``--threads``, default torch's), in 
    ``generate_until`` task; its texts are compared with tunelens's and its time is reported over the
    same token count.
 
+3. Before / after (``--before-after``): the demo's evaluate stage for one model — the demo's task
+   files (built from the zoo's held-out items: ``hpo_term``, ``format_hpo``, ``champ_answer``,
+   ``code_line`` and the three held-out loss tasks), the demo's settings (``--limit``, max 96 new tokens)
+   on SmolLM2 — run by the tunelens of ``--before-ref`` (a git ref, exported with ``git archive``) and by
+   this checkout, each in its own process, alternately ``--repeats`` times. Before: batch size 8 and
+   torch's default threads, as the demo ran it; after: ``--batch-size-after`` and the default workers.
+   ``--threads-both 1`` runs both single-threaded (process CPU seconds then measure the work done). The
+   numbers must agree: per item the same acc / acc_norm and log-likelihoods within 2·10⁻⁴, the same
+   generated texts, held-out losses within 10⁻⁵.
+
 ``os.getloadavg()`` is recorded before and after each timed part.
 """
 
@@ -32,6 +42,9 @@ import json
 import os
 import platform
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -187,8 +200,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch threads for both tools (default: torch's)")
     ap.add_argument("--skip-lm-eval", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--before-after", action="store_true", help="run part 3 (the demo's evaluate stage) only")
+    ap.add_argument(
+        "--before-ref", default="54bc17a", help="git ref of the 'before' tunelens (default: before issue 15)"
+    )
+    ap.add_argument("--limit", type=int, default=40, help="part 3: items per task (the demo's --limit)")
+    ap.add_argument("--batch-size-after", type=int, default=32)
+    ap.add_argument("--threads-both", type=int, help="part 3: torch threads of both runs (default: each one's own)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--tasks-dir", type=Path, help="part 3: a folder of demo task files (default: built in a cache)")
     args = ap.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if args.before_after:
+        text = json.dumps(before_after(args), indent=2)
+        print(text)
+        if args.json:
+            args.json.write_text(text + "\n")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     if not (args.model / "model.safetensors").exists():
@@ -216,6 +244,141 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
+
+
+# ------------------------------------------------------------------------------------ part 3: before / after
+
+DEMO_MCQA = ("hpo_term", "champ_answer", "code_line")
+CHILD = """
+import json, os, sys, time
+from tunelens import api
+from tunelens.evaluation.run import RunOptions
+cfg = json.loads(sys.argv[1])
+kw = {"batch_size": cfg["batch_size"], "limit": cfg["limit"], "quiet": True}
+if cfg["threads"]:
+    kw["threads"] = cfg["threads"]
+load0, t0, c0 = os.getloadavg(), time.perf_counter(), time.process_time()
+r = api.evaluate(cfg["model"], cfg["tasks"], out=cfg["out"], options=RunOptions(**kw), max_new_tokens=96, force=True)
+print(json.dumps({"wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - c0, 2),
+                  "load_before": load0, "load_after": os.getloadavg(),
+                  "tasks": {t["task"]: t["seconds"] for t in r.summary["timing"]}}))
+"""
+
+
+def demo_tasks(root: Path) -> list[Path]:
+    """The demo's evaluation task files for its zoo spec, written from the held-out items as the zoo builder
+    writes them (tasks, and held-out corpora with their loss tasks), without training anything."""
+    import yaml
+
+    from tunelens.zoo import ZooSpec
+    from tunelens.zoo.data import domain_items, split
+    from tunelens.zoo.tasks import write_tasks
+
+    spec = ZooSpec.demo()
+    done = root / "tasks.json"
+    if done.exists():
+        return [Path(p) for p in json.loads(done.read_text())]
+    (root / "tasks").mkdir(parents=True, exist_ok=True)
+    held = {d: split(d, domain_items(d)[0], spec.holdout)[1] for d in spec.domains}
+    write_tasks(root / "tasks", held, seed=spec.seed, eval_items=spec.eval_items)
+    paths = [root / "tasks" / f"{n}.yaml" for n in ("hpo_term", "format_hpo", "champ_answer", "code_line")]
+    for d, items in held.items():
+        docs, chars = [], 0
+        for it in items:  # whole documents up to corpus_chars characters, as the zoo's held-out corpus
+            if chars + len(it.text) > spec.corpus_chars and docs:
+                break
+            docs.append({"id": it.id, "text": it.text})
+            chars += len(it.text)
+        write_rows(root / "tasks" / f"{d}.corpus.jsonl", docs)
+        task = {"name": f"heldout_{d}", "kind": "perplexity", "data": f"{d}.corpus.jsonl", "prompt": "{{ text }}",
+                "seq_len": spec.seq_len, "max_tokens": spec.eval_tokens}  # fmt: skip
+        (root / "tasks" / f"heldout_{d}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+        paths.append(root / "tasks" / f"heldout_{d}.yaml")
+    done.write_text(json.dumps([str(p) for p in paths]))
+    return paths
+
+
+def run_version(src: Path, model: Path, tasks: list[Path], out: Path, *, batch: int, limit: int,
+                threads: int | None) -> dict[str, Any]:  # fmt: skip
+    cfg = {"model": str(model), "tasks": [str(t) for t in tasks], "out": str(out), "batch_size": batch,
+           "limit": limit, "threads": threads}  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{src}: evaluate failed:\n{res.stderr[-3000:]}")
+    out_json: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out_json
+
+
+def same_numbers(a: Path, b: Path) -> dict[str, Any]:
+    """Per task: the largest log-likelihood difference and whether every 0/1 score agrees (multiple choice),
+    identical texts (generation), the held-out loss difference."""
+
+    def load(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
+        rows = [json.loads(x) for x in (folder / "samples.jsonl").read_text().splitlines()]
+        return {(r["task"], str(r.get("id"))): r for r in rows}
+
+    sa, sb = load(a), load(b)
+    ra = {(r["task"], r["metric"]): r["value"] for r in json.loads((a / "results.json").read_text())["results"]}
+    rb = {(r["task"], r["metric"]): r["value"] for r in json.loads((b / "results.json").read_text())["results"]}
+    out: dict[str, Any] = {}
+    for task in sorted({t for t, _ in sa}):
+        keys = [k for k in sa if k[0] == task]
+        first = sa[keys[0]]
+        if "loglikelihoods" in first:
+            diff = max(abs(x - y) for k in keys for x, y in zip(sa[k]["loglikelihoods"], sb[k]["loglikelihoods"],
+                                                                  strict=True))  # fmt: skip
+            same = all(sa[k]["scores"][m] == sb[k]["scores"][m] for k in keys for m in ("acc", "acc_norm"))
+            out[task] = {"items": len(keys), "max_abs_loglikelihood_difference": diff, "same_acc_acc_norm": same,
+                         "ok": same and diff < 2e-4}  # fmt: skip
+        elif "output" in first:
+            same_texts = sum(sa[k]["output"] == sb[k]["output"] for k in keys)
+            out[task] = {"items": len(keys), "same_texts": same_texts, "ok": same_texts == len(keys)}
+        else:
+            d = abs(ra[(task, "loss")] - rb[(task, "loss")])
+            out[task] = {"loss_before": ra[(task, "loss")], "loss_after": rb[(task, "loss")], "ok": d < 1e-5}
+    return out
+
+
+def before_after(args: Any) -> dict[str, Any]:
+    from tunelens.cache import cache_root
+    from tunelens.zoo.convert import smollm2
+
+    model = args.model if (args.model / "model.safetensors").exists() else smollm2(cache_root() / "models")
+    tasks = [Path(p) for p in sorted(args.tasks_dir.glob("*.yaml"))] if args.tasks_dir else None
+    here = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="tunelens-bench-ba-") as td:
+        tmp = Path(td)
+        tasks = tasks or demo_tasks(cache_root() / "bench-evaluate-demo")
+        archive = subprocess.run(["git", "-C", str(here), "archive", args.before_ref, "src"], capture_output=True,
+                                 check=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        (tmp / "before").mkdir()
+        runs: list[dict[str, Any]] = []
+        for r in range(args.repeats):
+            for label, src, batch, threads in (
+                ("before", tmp / "src", 8, args.threads_both),
+                ("after", here / "src", args.batch_size_after, args.threads_both),
+            ):
+                res = run_version(src, model, tasks, tmp / label / f"run{r}", batch=batch, limit=args.limit,
+                                  threads=threads)  # fmt: skip
+                runs.append({"version": label, "repeat": r, "batch_size": batch, "threads": threads, **res})
+                print(f"{label} run {r}: {res['wall_s']} s wall, {res['cpu_s']} s CPU, load {res['load_before']}",
+                      file=sys.stderr)  # fmt: skip
+        agreement = same_numbers(tmp / "before" / "run0", tmp / "after" / "run0")
+    walls = {v: [x["wall_s"] for x in runs if x["version"] == v] for v in ("before", "after")}
+    cpus = {v: [x["cpu_s"] for x in runs if x["version"] == v] for v in ("before", "after")}
+    return {
+        "model": str(model),
+        "before_ref": args.before_ref,
+        "limit": args.limit,
+        "cpus": os.cpu_count(),
+        "runs": runs,
+        "speedup_wall_median": statistics.median(walls["before"]) / statistics.median(walls["after"]),
+        "cpu_ratio_median": statistics.median(cpus["before"]) / statistics.median(cpus["after"]),
+        "same_numbers": agreement,
+        "all_same": all(v["ok"] for v in agreement.values()),
+    }
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from tunelens.vectors.write import write_vector
 
 __all__ = [
     "DiffResult", "Selection", "ReadOptions", "diff", "inspect", "open_checkpoint", "vector", "apply", "lora",
-    "activations", "subspace", "evaluate",
+    "activations", "subspace", "evaluate", "compare",
 ]  # fmt: skip
 
 
@@ -305,12 +305,14 @@ def evaluate(
     """
     from tunelens.errors import TunelensError
     from tunelens.evaluation.evaluate import evaluate as _evaluate
-    from tunelens.evaluation.evaluate import resolve_tasks
+    from tunelens.evaluation.evaluate import preflight, resolve_tasks
     from tunelens.evaluation.model import load_model
     from tunelens.evaluation.run import RunOptions
     from tunelens.evaluation.variants import edit_variants, parse_sweep
 
     opts = options or RunOptions()
+    if opts.limit is not None and opts.limit < 1:
+        raise TunelensError(f"--limit must be at least 1, got {opts.limit}")
     scales = parse_sweep(sweep) if isinstance(sweep, str) or sweep is None else list(sweep)
     if scales and not apply:
         raise TunelensError("--sweep needs at least one --apply term")
@@ -327,6 +329,7 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         chat_template=chat_template,  # type: ignore[arg-type]  # validated by TaskSpec
     )
+    preflight(specs, opts)  # bad rows, fields and templates fail here too
     lm = load_model(model, dtype=dtype, device=device, quiet=opts.quiet)  # type: ignore[arg-type]  # validated by load_model
     variants = edit_variants(lm, list(apply), scales) or None
     extra = None
@@ -353,3 +356,34 @@ def evaluate(
         force=force,
         extra_results=extra,
     )
+
+
+def compare(
+    runs: list[str | Path] | tuple[str | Path, ...],
+    *,
+    out: str | Path | None = None,
+    all_pairs: bool = False,
+    resamples: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
+    force: bool = False,
+) -> Any:
+    """Paired comparisons of evaluate / study output folders: every model (or variant) against the first one, or
+    every pair, on the items they share (matched by task and id). Refuses tasks defined differently.
+
+    With ``out``, writes ``comparisons.csv`` and ``comparisons.json`` there. Returns a
+    :class:`tunelens.evaluation.compare.CompareResult` (``.rows``, ``.summary``).
+    """
+    from tunelens.evaluation.compare import compare_runs, write_comparisons
+    from tunelens.evaluation.stats import StatsOptions
+
+    opts = StatsOptions(level=level, resamples=resamples, seed=seed)
+    if out is not None:
+        check_target(Path(out), force, inputs=runs)
+    clock = RunClock()
+    result = compare_runs(list(runs), all_pairs=all_pairs, opts=opts)
+    result.summary = clock.metadata([], **result.summary)
+    if out is not None:
+        with atomic_dir(Path(out), force=force, inputs=runs) as tmp:
+            write_comparisons(tmp, result)
+    return result

@@ -8,14 +8,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from scipy.stats import binomtest
 
 from tunelens import api
 from tunelens.cli import cli
 from tunelens.evaluation.generate import cut_at_stop, generate
 from tunelens.evaluation.lm_eval_adapter import results_rows
+from tunelens.evaluation.metrics import BINARY_METRICS
 from tunelens.evaluation.run import RunOptions
 
 
@@ -45,13 +48,24 @@ def test_cli_writes_traceable_results(tiny: Callable[..., Path], data_dir: Path,
         assert row["value"] == pytest.approx(mean, abs=1e-15)
         var = math.fsum((v - mean) ** 2 for v in vals) / (n - 1)
         assert row["stderr"] == pytest.approx(math.sqrt(var / n), abs=1e-15)
+        # the interval: Wilson for 0/1 metrics, the percentile bootstrap (seed 0, 10,000 resamples) otherwise
+        if row["metric"] in BINARY_METRICS:
+            ref = binomtest(int(round(mean * n)), n).proportion_ci(method="wilson")
+            assert (row["ci_low"], row["ci_high"]) == pytest.approx((ref.low, ref.high), abs=1e-12)
+        else:
+            idx = np.random.default_rng(0).integers(0, n, size=(10_000, n))
+            want = np.quantile(np.array(vals)[idx].mean(axis=1), [0.025, 0.975])
+            assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(want), abs=1e-12)
+        assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    assert "Wilson" in summary["definitions"]["ci_low / ci_high"]
     mc = [s for s in samples if s["task"] == "mmlu_medical"]
     assert [s["id"] for s in mc] == ["anatomy-test-0", "anatomy-test-1", "virology-test-0"]  # --limit: first 3
     assert all(len(s["loglikelihoods"]) == 4 and s["prompt"].endswith("Answer:") for s in mc)
     assert "Answer: A\n\n" in mc[0]["prompt"]  # the 1-shot example from the dev split
     gen = [s for s in samples if s["task"] == "gsm8k"]
     assert all(s["new_tokens"] <= 6 and "output" in s and s["reference"] in ("5", "12") for s in gen)
-    assert (out / "results.csv").read_text().splitlines()[0] == "model,variant,task,metric,value,n,stderr"
+    header = "model,variant,task,metric,value,n,stderr,ci_low,ci_high"
+    assert (out / "results.csv").read_text().splitlines()[0] == header
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 2 and "Error:" in again.output  # existing output refused without --force
 
@@ -125,9 +139,13 @@ def test_lm_eval_rows_are_flattened() -> None:
         "n-samples": {"pubmedqa": {"original": 500, "effective": 20}},
     }  # fmt: skip
     rows = results_rows(out, model="m", variant="v")
+    wilson = binomtest(10, 20).proportion_ci(method="wilson")
+    em = binomtest(5, 20).proportion_ci(method="wilson")
     assert rows == [
         {"model": "m", "variant": "v", "task": "lm-eval:pubmedqa", "metric": "acc", "value": 0.5, "n": 20,
-         "stderr": 0.1, "source": "lm-evaluation-harness"},
+         "stderr": 0.1, "ci_low": pytest.approx(wilson.low), "ci_high": pytest.approx(wilson.high),
+         "source": "lm-evaluation-harness"},
         {"model": "m", "variant": "v", "task": "lm-eval:pubmedqa", "metric": "exact_match[strict-match]",
-         "value": 0.25, "n": 20, "stderr": None, "source": "lm-evaluation-harness"},
+         "value": 0.25, "n": 20, "stderr": None, "ci_low": pytest.approx(em.low), "ci_high": pytest.approx(em.high),
+         "source": "lm-evaluation-harness"},
     ]  # fmt: skip

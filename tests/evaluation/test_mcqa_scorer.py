@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,11 @@ def test_acc_norm_by_characters_and_acc_bytes_by_utf8_bytes() -> None:
     out = mc_scores(q, Scored([-2.0, -2.9], [False, False], [1, 1]))
     # chars: -2/2 = -1.0 < -2.9/3 ≈ -0.967 → choice 1; bytes: -2/4 = -0.5 > -0.967 → choice 0
     assert (out["pred"], out["pred_norm"], out["pred_bytes"]) == (0, 1, 0)
-    assert out["scores"] == {"acc": 1.0, "acc_norm": 0.0, "acc_bytes": 1.0}
+    assert {k: out["scores"][k] for k in ("acc", "acc_norm", "acc_bytes")} == {
+        "acc": 1.0,
+        "acc_norm": 0.0,
+        "acc_bytes": 1.0,
+    }
     tie = mc_scores(Question("c", ["a", "b"], [" a", " b"], 1), Scored([-1.0, -1.0], [True, True], [1, 1]))
     assert tie["pred"] == 0  # first maximum, as numpy.argmax
 
@@ -110,3 +115,19 @@ def test_unsplittable_choice_is_an_error(tiny: Callable[..., Path]) -> None:
     model, tok = load(tiny("llama"))
     with pytest.raises(TunelensError):
         score_questions(model, tok, [Question("ctx", ["", "a"], ["", " a"], 0)], quiet=True)
+
+
+def test_continuous_gold_scores() -> None:
+    """Gold log-likelihood, its probability normalised over the choices (softmax, from scipy), its margin."""
+    from scipy.special import softmax
+
+    lls = [-3.25, -1.5, -7.0, -1.75]
+    for gold in range(4):
+        q = Question("c", list("abcd"), [" a", " b", " c", " d"], gold)
+        s = mc_scores(q, Scored(lls, [False] * 4, [1] * 4))["scores"]
+        assert s["gold_loglik"] == lls[gold]
+        assert s["gold_prob"] == pytest.approx(float(softmax(lls)[gold]), rel=1e-12)
+        assert s["gold_margin"] == lls[gold] - max(v for i, v in enumerate(lls) if i != gold)
+        assert (s["gold_margin"] > 0) == (s["acc"] == 1.0)
+    huge = mc_scores(Question("c", ["a", "b"], [" a", " b"], 0), Scored([-2000.0, -2001.0], [False] * 2, [1, 1]))
+    assert huge["scores"]["gold_prob"] == pytest.approx(1 / (1 + math.exp(-1)), rel=1e-12)  # no underflow

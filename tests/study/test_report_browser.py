@@ -72,6 +72,14 @@ def test_report_renders_in_chromium(study: Path, tmp_path: Path) -> None:
     for key in SECTIONS:
         assert f'<section id="{key}">' in dom.stdout
     assert _console_errors(dom.stderr) == []
+    # the evaluation section reads the tests: a comparison table and error-barred figures, as rendered
+    comparisons = re.search(r'<table id="comparisons">(.*?)</table>', dom.stdout, re.S)
+    assert comparisons, "no comparison table in the rendered page"
+    head = re.findall(r"<th>(.*?)</th>", comparisons[1])
+    assert {"a", "b", "b is", "diff (b − a)", "95% CI", "p adj (Holm)", "verdict"} <= set(head)
+    rows = re.findall(r"<tr><td>", comparisons[1])
+    assert len(rows) >= 8  # every pair of the tiny study, headline metrics
+    assert re.search(r'alt="fig4_evaluation"', dom.stdout) and "Error bars: 95% intervals" in dom.stdout
     shot = tmp_path / "report.png"
     res = _run(page, tmp_path, f"--screenshot={shot}", "--window-size=1280,4000")
     assert res.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

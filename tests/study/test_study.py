@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from tunelens.cli import cli
 from tunelens.errors import TunelensError
+from tunelens.evaluation.compare import COMPARISON_COLUMNS
 from tunelens.study.config import StudyConfig
 from tunelens.study.pipeline import run_study
 
@@ -44,7 +45,8 @@ def test_every_stage_file_matches_its_schema(study: Path) -> None:
     want = {"model", "tensor", "layer", "component", "head", "rows", "cols", "k", "energy", "share_left",
             "share_right", "share_both", "baseline_left", "baseline_right", "baseline_both"}  # fmt: skip
     assert want <= set(ss[0]) and {r["model"] for r in ss} == {"med", "math"}
-    assert {r["criterion"] for r in ss} == {"energy=0.5", "energy=0.9"} or len({r["criterion"] for r in ss}) == 2
+    criteria = ("energy=0.5", "energy=0.9")  # the config's two energies: every model has rows under both
+    assert {(r["model"], r["criterion"]) for r in ss} == {(m, c) for m in ("med", "math") for c in criteria}
     assert all(0 <= float(r["share_left"]) <= 1 + 1e-9 for r in ss)
     assert "definitions" in json.loads((study / "subspace" / "summary.json").read_text())
 
@@ -65,6 +67,8 @@ def test_every_stage_file_matches_its_schema(study: Path) -> None:
         assert len(lines) >= N_ITEMS
     sweep = json.loads((study / "evaluate" / "sweep-med" / "results.json").read_text())
     assert len({x["variant"] for x in sweep["results"]}) == 3
+
+    assert list(_csv(study / "comparisons" / "comparisons.csv")[0]) == list(COMPARISON_COLUMNS)
 
     state = json.loads((study / "study.json").read_text())
     assert all(s["state"] == "done" for s in state["stages"].values())
@@ -107,7 +111,7 @@ def test_resume_reuses_done_stages_and_reruns_changed_ones(inputs: Path, study: 
     changed = StudyConfig.from_dict(data, root=inputs)
     runs = run_study(changed, study, resume=True, quiet=True, report=False)
     rerun = {r.name for r in runs if not r.reused}
-    assert rerun == {r.name for r in runs if r.name.startswith("evaluate/")}
+    assert rerun == {r.name for r in runs if r.name.startswith("evaluate/")} | {"comparisons"}
     assert {"diff", "subspace", "activations"} <= {r.name for r in runs if r.reused}
 
 
@@ -198,3 +202,31 @@ def test_sweep_figure_reuses_base_finetune_and_negation(tmp_path: Path) -> None:
     assert sweep_anchors(tmp_path, {"base"}, {0.5}) == [(0.0, "base")]  # only what was evaluated
     (tmp_path / "study.json").unlink()
     assert sweep_anchors(tmp_path, labels, {0.5}) == []
+
+
+def test_study_compares_what_each_model_was_made_from(study: Path) -> None:
+    """Fine-tunes vs the base; edits vs the model they were made from and vs the base; sweep points vs λ = 0;
+    every task and per-item metric of each pair, Holm over the whole file; the rows equal `tunelens compare`'s."""
+    rows = _csv(study / "comparisons" / "comparisons.csv")
+    pairs = list(dict.fromkeys((r["a"], r["b"]) for r in rows))
+    assert pairs == [
+        ("base", "med"), ("base", "math"), ("base", "med-negated"), ("med", "med-from-ft"), ("base", "med-from-ft"),
+        ("base", "med+math"), ("sweep-med sweep=0", "sweep-med sweep=-1"), ("sweep-med sweep=0", "sweep-med sweep=1"),
+    ]  # fmt: skip
+    assert {r["metric"] for r in rows} >= {"acc", "acc_norm", "gold_loglik", "gold_prob", "gold_margin"}
+    n = json.loads((study / "evaluate" / "base" / "results.json").read_text())["results"][0]["n"]
+    assert {r["n"] for r in rows} == {str(n)}  # every item paired (a test above may have rerun with --limit)
+    from tunelens.evaluation.stats import holm
+
+    assert [float(r["p_adjusted"]) for r in rows] == pytest.approx(holm([float(r["p_value"]) for r in rows]))
+    # λ = 0 of the sweep is the base bit for bit: no item differs
+    zero = [r for r in rows if r["a"] == "sweep-med sweep=0" and r["metric"] == "acc"]
+    assert zero and all(r["test"] == "mcnemar_exact" for r in zero)
+    # `tunelens compare` on two of the study's runs gives the same row
+    out = study.parent / "cmp-med"
+    res = CliRunner().invoke(cli, ["compare", str(study / "evaluate" / "base"), str(study / "evaluate" / "med"),
+                                   "-o", str(out), "-q"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert _csv(out / "comparisons.csv") == [{**r, "p_adjusted": r2["p_adjusted"]}
+                                            for r, r2 in zip([r for r in rows if r["b"] == "med"],
+                                                             _csv(out / "comparisons.csv"), strict=True)]  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 from tunelens.cli.activations import activations_cmd
 from tunelens.cli.app import cli
 from tunelens.cli.apply import apply_cmd
+from tunelens.cli.compare import compare_cmd
 from tunelens.cli.demo import demo_cmd
 from tunelens.cli.evaluate import evaluate_cmd
 from tunelens.cli.lora import lora_cmd
@@ -27,6 +28,7 @@ cli.add_command(activations_cmd)
 cli.add_command(subspace_cmd)
 cli.add_command(evaluate_cmd)
 cli.add_command(tasks_cmd)
+cli.add_command(compare_cmd)
 cli.add_command(study_cmd)
 cli.add_command(report_cmd)
 cli.add_command(demo_cmd)

@@ -31,7 +31,7 @@ pubmedqa pubmedqa_rouge gsm8k format_medical format_gsm8k.
               help="Folder holding mmlu/, pubmedqa/, gsm8k/ for built-in tasks (default: $TUNELENS_DATA, else the "
               "copies bundled with tunelens).")  # fmt: skip
 @click.option("--num-fewshot", type=click.IntRange(0, 64), help="Few-shot examples per item (default: the task's).")
-@click.option("--limit", type=click.IntRange(1), help="Score only N items per task (recorded in results.json).")
+@click.option("--limit", type=int, help="Score only N items per task, N >= 1 (recorded in results.json).")
 @click.option("--sample", "limit_mode", type=click.Choice(["first", "random"]), default="first", show_default=True,
               help="With --limit: the first N items, or N drawn at random with --seed.")  # fmt: skip
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed for --sample random and torch.")
@@ -42,8 +42,8 @@ pubmedqa pubmedqa_rouge gsm8k format_medical format_gsm8k.
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "float64"]), default="float32",
               show_default=True)  # fmt: skip
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
-@click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: torch's; 1 is fastest on a busy "
-              "machine).")  # fmt: skip
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: torch's): batches run on up to 4 "
+              "worker threads with one torch thread each (docs/evaluate.md, Performance).")  # fmt: skip
 @click.option("--apply", "apply_specs", multiple=True, metavar="NAME=PATH[:λ]",
               help="Evaluate MODEL + Σ λ τ in memory (nothing written): PATH is a fine-tuned model (τ = PATH - MODEL) "
               "or a vector folder (its τ); λ defaults to 1. Repeatable.")  # fmt: skip
@@ -61,14 +61,17 @@ pubmedqa pubmedqa_rouge gsm8k format_medical format_gsm8k.
 )
 @click.option("--lm-eval-include", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Folder of extra lm-eval task YAMLs (local data; nothing is downloaded).")  # fmt: skip
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Score items whose logits are NaN or infinite as null (default: stop with an error).")  # fmt: skip
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables.")
 def evaluate_cmd(model: str, tasks: tuple[str, ...], out: Path, **kw: Any) -> None:
     """Score MODEL on each TASK: accuracy / acc_norm by log-likelihood (as lm-evaluation-harness),
     ROUGE-1 and exact match of greedy generations, and instruction-format compliance.
 
-    Writes results.json (value, n, stderr per metric, with definitions), results.csv and
-    samples.jsonl (every prompt, output or log-likelihoods, and score).
+    Writes results.json (value, n, stderr and a 95% interval per metric, with definitions), results.csv and
+    samples.jsonl (every prompt, output or log-likelihoods, and score); with --apply/--sweep variants,
+    comparisons.csv (each variant against the first on the same items: difference, interval, p-values).
     """
     from tunelens import api
     from tunelens.checkpoints.causal_lm import transformers_output
@@ -81,6 +84,7 @@ def evaluate_cmd(model: str, tasks: tuple[str, ...], out: Path, **kw: Any) -> No
         seed=kw["seed"],
         quiet=kw["quiet"],
         threads=kw["threads"],
+        allow_nonfinite=kw["allow_nonfinite"],
     )
     chat = None if kw["chat_template"] == "task" else kw["chat_template"]
     with transformers_output(quiet=kw["quiet"]):
@@ -103,7 +107,14 @@ def evaluate_cmd(model: str, tasks: tuple[str, ...], out: Path, **kw: Any) -> No
         )
     if not kw["quiet"]:
         for r in result.results:
-            err = f" ± {r['stderr']:.4f}" if r["stderr"] is not None else ""
             value = f"{r['value']:.4f}" if r["value"] is not None else "-"
-            click.echo(f"{r['variant']:>12}  {r['task']:<20} {r['metric']:<14} {value}{err}  (n={r['n']})")
-    click.echo(f"wrote {out}/results.json, {out}/results.csv and {out}/samples.jsonl")
+            ci = f" [{r['ci_low']:.4f}, {r['ci_high']:.4f}]" if r.get("ci_low") is not None else ""
+            click.echo(f"{r['variant']:>12}  {r['task']:<20} {r['metric']:<14} {value}{ci}  (n={r['n']})")
+        from tunelens.cli.compare import change_line
+        from tunelens.evaluation.compare import is_change
+
+        for c in result.comparisons:
+            if is_change(c):
+                click.echo("change: " + change_line(c))
+    files = "results.json, results.csv, samples.jsonl" + (", comparisons.csv" if result.comparisons else "")
+    click.echo(f"wrote {files} to {out}")

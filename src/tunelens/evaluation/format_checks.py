@@ -22,6 +22,8 @@ from typing import Any
 
 from tunelens.errors import TunelensError
 
+FOLLOW_METRICS = ("follow_tags", "follow_answer", "follow_stop", "follow_all")
+
 
 @dataclass(frozen=True)
 class FormatRules:
@@ -34,6 +36,9 @@ class FormatRules:
     answer_pattern: str = "[A-D]"
 
     def __post_init__(self) -> None:
+        bad = [f"{k}={v!r}" for k, v in vars(self).items() if not isinstance(v, str)]
+        if bad:
+            raise TunelensError(f"format rules: every rule is a string, got {', '.join(bad)}")
         if not self.open_tag or not self.close_tag or self.open_tag == self.close_tag:
             raise TunelensError("format rules: open_tag and close_tag must be two different non-empty strings")
         if self.answer_format.count(self.placeholder) != 1:

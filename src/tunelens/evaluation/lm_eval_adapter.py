@@ -1,6 +1,6 @@
 """Run any lm-evaluation-harness task on a tunelens-loaded (or in-memory edited) model.
 
-Optional (``pip install 'tunelens[lm-eval]'``). The resident module is wrapped as
+Optional (``pip install 'tunelens[lmeval]'``). The resident module is wrapped as
 ``HFLM(pretrained=model, tokenizer=tokenizer, batch_size=...)``, so the weights lm-eval scores are
 exactly those tunelens holds at that moment (inside an ``--apply`` / ``--sweep`` variant: the edited
 ones). Nothing is downloaded: tasks whose data live on a hub fail offline; point ``include`` at a
@@ -16,6 +16,7 @@ from typing import Any
 
 from tunelens.errors import TunelensError
 from tunelens.evaluation.model import LoadedModel
+from tunelens.evaluation.stats import wilson
 
 _OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -36,7 +37,7 @@ def run_lm_eval(
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as exc:
-        raise TunelensError("--lm-eval-task needs lm-evaluation-harness: pip install 'tunelens[lm-eval]'") from exc
+        raise TunelensError("--lm-eval-task needs lm-evaluation-harness: pip install 'tunelens[lmeval]'") from exc
     for key, value in _OFFLINE.items():
         os.environ.setdefault(key, value)
     manager = TaskManager(include_path=str(include) if include is not None else None)
@@ -60,6 +61,7 @@ def results_rows(out: dict[str, Any], *, model: str, variant: str) -> list[dict[
             if name.endswith("_stderr") or not isinstance(value, int | float) or isinstance(value, bool):
                 continue
             stderr = metrics.get(f"{name}_stderr,{filt}")
+            lo, hi = _wilson(name, float(value), n)
             rows.append(
                 {
                     "model": model,
@@ -69,7 +71,19 @@ def results_rows(out: dict[str, Any], *, model: str, variant: str) -> list[dict[
                     "value": float(value),
                     "n": n,
                     "stderr": float(stderr) if isinstance(stderr, int | float) else None,
+                    "ci_low": lo,
+                    "ci_high": hi,
                     "source": "lm-evaluation-harness",
                 }
             )
     return rows
+
+
+_PROPORTIONS = ("acc", "acc_norm", "exact_match")
+
+
+def _wilson(metric: str, value: float, n: Any) -> tuple[float | None, float | None]:
+    """Wilson interval of a proportion lm-eval reports as a mean of 0/1 scores over n items, else no interval."""
+    if metric not in _PROPORTIONS or not isinstance(n, int) or n < 1 or abs(value * n - round(value * n)) > 1e-6:
+        return None, None
+    return wilson(round(value * n), n)

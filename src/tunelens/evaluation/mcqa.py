@@ -13,19 +13,22 @@ For one question with context ``c`` and continuations ``x_i = target_delimiter +
   [len(i) for i in choices]``, ``byte_length = [len(i.encode("utf-8")) for i in choices]``);
   argmax takes the first maximum, as ``numpy.argmax`` does.
 
-Speed: when every continuation of a question is one token (MMLU letters), the context runs once and
-the log-probabilities of all choices are read from its last position; contexts of several questions
-run in one right-padded batch, and only the last position is projected onto the vocabulary
-(``logits_to_keep``). With longer continuations the context runs once with a KV cache that the
-continuations of all choices then share (prefix reuse). Over-long inputs are cut from the left as
-lm-eval cuts them (``(ctx + cont)[-(max_len + 1):][:-1]``), without prefix reuse.
+Speed: the contexts of ``batch_size`` questions (sorted by length) run once, in one right-padded
+batch with a KV cache; the log-probability of every choice's first token is read from its context's
+last position (for one-token choices, e.g. MMLU letters, that is all), and only that position is
+projected onto the vocabulary (``logits_to_keep``). The other tokens of longer continuations run on
+copies of their question's cache rows, in length-sorted groups, projecting only real positions.
+Over-long inputs are cut from the left as lm-eval cuts them (``(ctx + cont)[-(max_len + 1):][:-1]``),
+one choice at a time without a cache. Batches run on the given workers.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from tunelens.errors import TunelensError
+from tunelens.evaluation.workers import SERIAL, Workers
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,25 @@ def _argmax(values: Sequence[float]) -> int:
     return best
 
 
+MC_METRICS = ("acc", "acc_norm", "acc_bytes", "gold_loglik", "gold_prob", "gold_margin")
+
+
+def gold_scores(lls: Sequence[float], gold: int) -> dict[str, float]:
+    """Continuous scores of the gold choice: its log-likelihood, its probability normalised over the choices
+    (``exp(ll_gold − logsumexp ll)``) and its margin over the best wrong choice (float64)."""
+    top = max(lls)
+    log_total = top + math.log(math.fsum(math.exp(ll - top) for ll in lls))
+    wrong = max(ll for i, ll in enumerate(lls) if i != gold)
+    return {
+        "gold_loglik": lls[gold],
+        "gold_prob": math.exp(lls[gold] - log_total),
+        "gold_margin": lls[gold] - wrong,
+    }
+
+
 def mc_scores(q: Question, s: Scored) -> dict[str, Any]:
-    """Predictions and the 0/1 scores ``acc``, ``acc_norm``, ``acc_bytes`` of one question."""
+    """Predictions, the 0/1 scores ``acc``, ``acc_norm``, ``acc_bytes`` and the continuous :func:`gold_scores`
+    of one question."""
     lls = s.loglikelihoods
     pred = _argmax(lls)
     pred_norm = _argmax([ll / len(c) for ll, c in zip(lls, q.choices, strict=True)])
@@ -72,6 +93,7 @@ def mc_scores(q: Question, s: Scored) -> dict[str, Any]:
             "acc": float(pred == q.gold),
             "acc_norm": float(pred_norm == q.gold),
             "acc_bytes": float(pred_bytes == q.gold),
+            **gold_scores(lls, q.gold),
         },
     }
 
@@ -107,55 +129,86 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     return ctx, whole[len(ctx) :]
 
 
+def cache_kwargs(model: Any) -> str:
+    """The forward argument that takes a KV cache: ``cache`` in transformers 5 (``past_key_values`` before,
+    still accepted with a warning)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     """Log-softmax over the vocabulary in float32 (float64 for a float64 model)."""
     return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
-def _forward_last(model: Any, rows: list[list[int]], pad: int) -> torch.Tensor:
-    """Log-probs (float32) at the last position of each row: [B, V]; rows right-padded."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    last = torch.tensor([[len(r) - 1] for r in rows])  # (B, 1)
-    dev = model.device
-    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), logits_to_keep=last.to(dev)).logits
-    return _log_probs(logits[:, 0, :]).cpu()  # (B, V)
+CONTINUATION_ROWS = 8  # continuation rows per forward (length-sorted, so little padding)
+MAX_PADDING = 0.25  # a batch takes another (shorter) row only while padding stays under this share of its tokens
 
 
-def _score_shared_prefix(model: Any, ctx: list[int], conts: list[list[int]], pad: int) -> Scored:
-    """One context pass with a KV cache, then all continuations on copies of that cache."""
-    n, width = len(conts), max(len(c) for c in conts)
+def length_buckets(items: Sequence[int], length: Callable[[int], int], max_rows: int) -> list[list[int]]:
+    """``items`` sorted by decreasing ``length``, cut into batches of at most ``max_rows`` whose padding to their
+    longest row stays under ``MAX_PADDING`` of the batch's tokens."""
+    out: list[list[int]] = []
+    for i in sorted(items, key=lambda i: -length(i)):
+        cur = out[-1] if out else None
+        if cur is not None and len(cur) < max_rows:
+            real = sum(length(j) for j in cur) + length(i)
+            if (len(cur) + 1) * length(cur[0]) - real <= MAX_PADDING * (len(cur) + 1) * length(cur[0]):
+                cur.append(i)
+                continue
+        out.append([i])
+    return out
+
+
+def _score_batch(model: Any, batch: list[tuple[list[int], list[list[int]]]], pad: int, cont_rows: int) -> list[Scored]:
+    """Questions ``(context ids, continuation ids)`` that fit the context window: one right-padded forward of the
+    contexts with a KV cache (the first continuation token's log-probabilities come from each context's last
+    position), then the continuations' other tokens in length-sorted groups of ``cont_rows`` rows, each on a
+    copy of its questions' cache rows. Only real positions are projected onto the vocabulary."""
     dev = model.device
-    out = model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, logits_to_keep=1)
-    first = _log_probs(out.logits[0, -1]).cpu()  # (V,)
-    # transformers 5 names the cache ``cache`` (``past_key_values`` before, still accepted with a warning)
-    new_api = "cache" in inspect.signature(model.forward).parameters
-    lls = [float(first[c[0]]) for c in conts]
-    greedy = [int(first.argmax()) == c[0] for c in conts]
-    if width > 1:  # feed c[:-1] after the shared context: position j predicts token j + 1
-        width -= 1
-        cache = out.cache if new_api else out.past_key_values
-        cache.batch_repeat_interleave(n)
-        ids = torch.full((n, width), pad, dtype=torch.long)
-        mask = torch.ones((n, len(ctx) + width), dtype=torch.long)
-        for i, c in enumerate(conts):
-            ids[i, : len(c) - 1] = torch.tensor(c[:-1])
-            mask[i, len(ctx) + len(c) - 1 :] = 0
-        pos = torch.arange(len(ctx), len(ctx) + width).expand(n, width)
-        kw = {"cache" if new_api else "past_key_values": cache}
-        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **kw).logits
-        lp = _log_probs(logits).cpu()  # (n, width, V)
-        for i, c in enumerate(conts):
-            if len(c) > 1:
-                tgt = torch.tensor(c[1:])
-                rows = lp[i, : len(c) - 1]
-                lls[i] += float(rows.gather(1, tgt[:, None]).double().sum())
-                greedy[i] = greedy[i] and bool((rows.argmax(-1) == tgt).all())
-    return Scored(lls, greedy, [len(c) for c in conts])
+    kw = cache_kwargs(model)
+    width = max(len(ctx) for ctx, _ in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    ctx_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for q, (ctx, _) in enumerate(batch):
+        ids[q, : len(ctx)] = torch.tensor(ctx)
+        ctx_mask[q, : len(ctx)] = 1
+    last = torch.tensor([[len(ctx) - 1] for ctx, _ in batch])
+    need_cache = any(len(c) > 1 for _, conts in batch for c in conts)
+    out = model(input_ids=ids.to(dev), attention_mask=ctx_mask.to(dev), logits_to_keep=last.to(dev),
+                use_cache=need_cache)  # fmt: skip
+    first = _log_probs(out.logits[:, 0, :]).cpu()  # (questions, V)
+    top = first.argmax(-1)
+    lls = [[float(first[q, c[0]]) for c in conts] for q, (_, conts) in enumerate(batch)]
+    greedy = [[int(top[q]) == c[0] for c in conts] for q, (_, conts) in enumerate(batch)]
+    rows = [(q, i) for q, (_, conts) in enumerate(batch) for i, c in enumerate(conts) if len(c) > 1]
+    cache = out.cache if kw == "cache" else out.past_key_values
+    for idx in length_buckets(range(len(rows)), lambda r: len(batch[rows[r][0]][1][rows[r][1]]), cont_rows):
+        group = [rows[r] for r in idx]
+        conts = [batch[q][1][i] for q, i in group]
+        span = max(len(c) for c in conts) - 1  # feed c[:-1]: position j predicts token j + 1
+        part = copy.deepcopy(cache)
+        part.batch_select_indices(torch.tensor([q for q, _ in group], device=dev))
+        inp = torch.full((len(group), span), pad, dtype=torch.long)
+        mask = torch.zeros((len(group), width + span), dtype=torch.long)
+        keep = torch.zeros((len(group), span), dtype=torch.bool)
+        pos = torch.zeros((len(group), span), dtype=torch.long)
+        for r, ((q, _), c) in enumerate(zip(group, conts, strict=True)):
+            inp[r, : len(c) - 1] = torch.tensor(c[:-1])
+            mask[r, :width] = ctx_mask[q]
+            mask[r, width : width + len(c) - 1] = 1
+            keep[r, : len(c) - 1] = True
+            pos[r] = torch.arange(len(batch[q][0]), len(batch[q][0]) + span)
+        logits = model(input_ids=inp.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                       logits_to_keep=keep.to(dev), **{kw: part}).logits  # fmt: skip
+        lp = _log_probs(logits.reshape(-1, logits.shape[-1])).cpu()  # (real positions, V), row-major
+        at = 0
+        for (q, i), c in zip(group, conts, strict=True):
+            tgt = torch.tensor(c[1:])
+            block = lp[at : at + len(c) - 1]
+            at += len(c) - 1
+            lls[q][i] += float(block.gather(1, tgt[:, None]).double().sum())
+            greedy[q][i] = greedy[q][i] and bool((block.argmax(-1) == tgt).all())
+    return [Scored(lls[q], greedy[q], [len(c) for c in conts]) for q, (_, conts) in enumerate(batch)]
 
 
 def _score_full(model: Any, ctx: list[int], conts: list[list[int]], max_len: int) -> Scored:
@@ -180,8 +233,10 @@ def score_questions(
     batch_size: int = 8,
     quiet: bool = False,
     desc: str = "scoring",
+    workers: Workers = SERIAL,
 ) -> list[Scored]:
-    """Log-likelihood of every continuation of every question (see the module docstring)."""
+    """Log-likelihood of every continuation of every question (see the module docstring); batches of one-token
+    questions, and single questions with longer continuations, run on ``workers``."""
     max_len = model_max_length(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded: list[tuple[list[int], list[list[int]]]] = []
@@ -194,23 +249,24 @@ def score_questions(
         if any(len(c) > max_len for c in conts):
             raise TunelensError(f"a choice is longer than the model's context ({max_len} tokens)")
         encoded.append((ctx, conts))
-    results: list[Scored | None] = [None] * len(questions)
-    single = [i for i, (_, cs) in enumerate(encoded) if all(len(c) == 1 for c in cs)]
-    single.sort(key=lambda i: -len(encoded[i][0]))
+    fits = [len(ctx) + max(len(c) for c in conts) <= max_len + 1 for ctx, conts in encoded]
+    fitting = [i for i in range(len(encoded)) if fits[i]]
+    units = length_buckets(fitting, lambda i: len(encoded[i][0]), batch_size)
+    units += [[i] for i in range(len(encoded)) if not fits[i]]
     bar = tqdm(total=len(questions), desc=desc, disable=quiet or not sys.stderr.isatty(), leave=False)
-    for start in range(0, len(single), batch_size):
-        chunk = single[start : start + batch_size]
-        lp = _forward_last(model, [encoded[i][0][-max_len:] for i in chunk], pad)
-        top = lp.argmax(-1)
-        for row, i in enumerate(chunk):
-            toks = [c[0] for c in encoded[i][1]]
-            results[i] = Scored([float(lp[row, t]) for t in toks], [int(top[row]) == t for t in toks], [1] * len(toks))
-        bar.update(len(chunk))
-    for i, (ctx, conts) in enumerate(encoded):
-        if results[i] is not None:
-            continue
-        fits = len(ctx) + max(len(c) for c in conts) <= max_len + 1
-        results[i] = _score_shared_prefix(model, ctx, conts, pad) if fits else _score_full(model, ctx, conts, max_len)
-        bar.update(1)
+
+    def run(unit: list[int]) -> list[Scored]:
+        """A batch of questions that fit the context window, or one over-long question (lm-eval's plain path)."""
+        if fits[unit[0]]:
+            out = _score_batch(model, [encoded[i] for i in unit], pad, CONTINUATION_ROWS)
+        else:
+            out = [_score_full(model, *encoded[unit[0]], max_len)]
+        bar.update(len(unit))
+        return out
+
+    results: list[Scored | None] = [None] * len(questions)
+    for unit, scored in zip(units, workers.map(run, units), strict=True):
+        for i, sc in zip(unit, scored, strict=True):
+            results[i] = sc
     bar.close()
     return [r for r in results if r is not None]

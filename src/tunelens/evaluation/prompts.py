@@ -91,3 +91,23 @@ def build_prompt(task: TaskSpec, row: dict[str, Any], shots: list[dict[str, Any]
         merged = [{"role": "user", "content": f"{system}\n\n{user}" if system else user}]
         out = tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
     return str(out)
+
+
+def check_templates(task: TaskSpec, rows: list[dict[str, Any]], pool: list[dict[str, Any]]) -> None:
+    """Render every template of ``task`` on every row (and its few-shot examples) without a tokenizer: what
+    :func:`build_prompt` renders before any chat template, so template and field errors surface early."""
+    from tunelens.evaluation.items import fewshot_for
+
+    for row in rows:
+        if task.description:
+            render(task.description, row)
+        if task.kind == "format":
+            assert task.system is not None
+            r = task.rules
+            render(task.system, row, open_tag=r.open_tag, close_tag=r.close_tag, answer_format=r.answer_format)
+        for shot in fewshot_for(task, row, pool):
+            render(task.prompt, shot)
+            answer_text(task, shot)
+        render(task.prompt, row)
+        if task.kind == "multiple_choice":
+            choice_strings(task, row)

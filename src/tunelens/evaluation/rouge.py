@@ -25,7 +25,9 @@ def _scorer(use_stemmer: bool) -> Any:
     try:
         from rouge_score import rouge_scorer
     except ImportError as exc:
-        raise TunelensError("ROUGE-1 needs the rouge-score package: pip install 'tunelens[eval]'") from exc
+        raise TunelensError(
+            "ROUGE-1 needs the rouge-score package: pip install rouge-score (a tunelens dependency)"
+        ) from exc
     return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=use_stemmer)
 
 

@@ -74,6 +74,15 @@ class TaskSpec:
         for key, value, lit in checks:
             if value not in get_args(lit):
                 raise TunelensError(f"task {self.name}: {key} must be one of {', '.join(get_args(lit))}, got {value}")
+        for key in ("num_fewshot", "max_new_tokens", "seq_len", "max_tokens"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TunelensError(f"task {self.name}: {key} must be an integer, got {value!r}")
+        for key in ("prompt", "description", "target_delimiter", "fewshot_delimiter"):
+            if not isinstance(getattr(self, key), str):
+                raise TunelensError(f"task {self.name}: {key} must be a string, got {getattr(self, key)!r}")
+        if not all(isinstance(s, str) for s in self.stop):
+            raise TunelensError(f"task {self.name}: stop must be a list of strings, got {list(self.stop)!r}")
         if self.num_fewshot < 0 or self.max_new_tokens < 1:
             raise TunelensError(f"task {self.name}: num_fewshot must be >= 0 and max_new_tokens >= 1")
         if self.kind == "generate" and (self.metric is None or self.reference is None):
@@ -134,11 +143,20 @@ def from_mapping(raw: dict[str, Any], *, base: Path, source: str) -> TaskSpec:
         if kw.get(key) is not None:
             p = Path(str(kw[key])).expanduser()
             kw[key] = p if p.is_absolute() else base / p
-    kw["stop"] = tuple(kw.get("stop") or ())
+    if not isinstance(kw["name"], str) or not kw["name"]:
+        raise TunelensError(f"{source}: `name` must be a non-empty string, got {kw['name']!r}")
+    stop = kw.get("stop") or ()
+    if not isinstance(stop, str | list | tuple):
+        raise TunelensError(f"{source}: `stop` must be a string or a list of strings, got {stop!r}")
+    kw["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
     rules = kw.get("rules") or {}
     if not isinstance(rules, dict):
         raise TunelensError(f"{source}: `rules` must be a mapping")
-    kw["rules"] = FormatRules(**rules)
+    try:
+        kw["rules"] = FormatRules(**rules)
+    except TypeError as exc:
+        allowed = ", ".join(f.name for f in fields(FormatRules))
+        raise TunelensError(f"{source}: `rules` takes the keys {allowed} ({exc})") from exc
     kw["source"] = source
     try:
         return TaskSpec(**kw)
@@ -195,7 +213,10 @@ def resolve_task(spec: str, *, data_dir: str | Path | None = None, num_fewshot: 
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise TunelensError(f"task file {path} does not exist")
-        raw = yaml.safe_load(path.read_text())
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise TunelensError(f"{path}: not a readable YAML file ({str(exc).splitlines()[0]})") from exc
         if not isinstance(raw, dict):
             raise TunelensError(f"{path}: a task YAML must be a mapping")
         task = from_mapping(raw, base=path.parent, source=str(path))

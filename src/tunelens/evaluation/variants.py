@@ -8,6 +8,7 @@ restored bit for bit on exit; ``--sweep s1,s2,...`` gives one variant per ``s`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -25,6 +26,8 @@ def parse_sweep(text: str | None) -> list[float] | None:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:
         raise TunelensError(f"--sweep must be a comma-separated list of numbers, got {text!r}") from exc
+    if not all(math.isfinite(v) for v in values):
+        raise TunelensError(f"--sweep values must be finite numbers, got {text!r}")
     if len(set(values)) != len(values):
         raise TunelensError(f"--sweep has repeated values: {text}")
     return values

@@ -73,38 +73,87 @@ def per_layer(series: Mapping[str, Sequence[float]], title: str, ylabel: str, hl
     return _png(fig)
 
 
-def grouped_bars(
+Interval = tuple[float, float] | None  # (low, high) of an error bar, absolute; None: no bar
+
+
+def _yerr(values: Sequence[float], intervals: Sequence[Interval]) -> list[list[float]]:
+    """matplotlib's asymmetric ``yerr`` ([below], [above]) from absolute intervals (0 where there is none)."""
+    below = [v - iv[0] if iv is not None else 0.0 for v, iv in zip(values, intervals, strict=True)]
+    above = [iv[1] - v if iv is not None else 0.0 for v, iv in zip(values, intervals, strict=True)]
+    return [below, above]
+
+
+def bars_figure(
     groups: Sequence[str],
     series: Mapping[str, Sequence[float]],
     title: str,
     ylabel: str,
     baseline: Sequence[float] | None = None,
-) -> bytes:
-    """Table 4 / Fig. 4 style: bars per group (component or task), one colour per model."""
+    errors: Mapping[str, Sequence[Interval]] | None = None,
+) -> Any:
+    """Table 4 / Fig. 4 style: bars per group (component or task), one colour per model; ``errors`` draws each
+    bar's interval (e.g. its 95% CI) as an error bar."""
     fig, ax = _fig(max(6.4, 0.9 * len(groups) * max(1, len(series)) / 2), 3.6)
     k = max(len(series), 1)
     width = 0.8 / k
     for s, (name, ys) in enumerate(series.items()):
         xs = [g + (s - (k - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(xs, ys, width=width, label=name)
+        yerr = _yerr(ys, errors[name]) if errors and name in errors else None
+        ax.bar(xs, ys, width=width, label=name, yerr=yerr, capsize=2 if yerr else 0, error_kw={"linewidth": 0.8})
     if baseline is not None:
         ax.scatter(range(len(groups)), baseline, color="black", marker="_", s=300, zorder=3, label="random baseline")
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
-    return _png(fig)
+    if errors:  # long model descriptions: the legend beside the axes, never over a bar
+        fig.set_size_inches(fig.get_size_inches()[0] + 3.2, fig.get_size_inches()[1])
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8)
+    return fig
 
 
-def lines(xs: Sequence[float], series: Mapping[str, Sequence[float]], title: str, xlabel: str, ylabel: str) -> bytes:
-    """A metric against a scale (the λ sweep): one line per metric."""
+def grouped_bars(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    title: str,
+    ylabel: str,
+    baseline: Sequence[float] | None = None,
+    errors: Mapping[str, Sequence[Interval]] | None = None,
+) -> bytes:
+    """:func:`bars_figure` as PNG bytes."""
+    return _png(bars_figure(groups, series, title, ylabel, baseline, errors))
+
+
+def lines_figure(
+    xs: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    errors: Mapping[str, Sequence[Interval]] | None = None,
+) -> Any:
+    """A metric against a scale (the λ sweep): one line per metric, with error bars when ``errors`` is given."""
     fig, ax = _fig()
     for name, ys in series.items():
-        ax.plot(xs, ys, marker="o", label=name)
+        yerr = _yerr(ys, errors[name]) if errors and name in errors else None
+        ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3 if yerr else 0, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return fig
+
+
+def lines(
+    xs: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    errors: Mapping[str, Sequence[Interval]] | None = None,
+) -> bytes:
+    """:func:`lines_figure` as PNG bytes."""
+    return _png(lines_figure(xs, series, title, xlabel, ylabel, errors))

@@ -14,6 +14,7 @@ from tunelens.errors import TunelensError
 from tunelens.frames.activations import load_activations
 from tunelens.frames.weights import load_diff
 from tunelens.report import figures, plots
+from tunelens.report.evaluation import evaluation, sweep_anchors
 
 PAPER_COSINE = 0.9975  # paper: > 99.75% weight cosine for every pair
 PAPER_DISTANCE = 0.04  # paper Fig. 2: edit distance mostly < 0.04
@@ -235,99 +236,7 @@ def activation_patterns(folder: Path) -> Section | None:
                    body, figs)  # fmt: skip
 
 
-def _eval_rows(folder: Path) -> list[dict[str, Any]]:
-    rows = []
-    root = folder / "evaluate"
-    for res in sorted(root.glob("*/results.json")) if root.is_dir() else []:
-        for r in load_json(res)["results"]:
-            variant = r.get("variant") or ""
-            label = (
-                res.parent.name
-                if variant in ("", "as_loaded", "as loaded", "edited")
-                else f"{res.parent.name} {variant}"
-            )
-            rows.append({**r, "label": label, "run": res.parent.name})
-    return rows
-
-
-LOSS_METRICS = ("loss", "perplexity")
-
-
-def sweep_anchors(folder: Path, labels: set[str], have: set[float]) -> list[tuple[float, str]]:
-    """Points of the λ sweep that other entries of the study already evaluated (from ``study.json``):
-    λ = 0 is the base, λ = 1 the swept fine-tune itself (θ_pre + τ equals it up to float32 rounding),
-    λ = −1 an edit ``{vector: -1}`` on the base. Only scales the sweep did not run itself."""
-    study = folder / "study.json"
-    if not study.exists():
-        return []
-    cfg = load_json(study).get("config", {})
-    sweep = cfg.get("sweep") or {}
-    vector = sweep.get("vector")
-    if not vector:
-        return []
-    found: list[tuple[float, str]] = [(0.0, str(cfg.get("base"))), (1.0, vector)]
-    for e in cfg.get("edits") or []:
-        if e.get("target", "pre") == "pre" and e.get("terms") == {vector: -1.0}:
-            found.append((-1.0, e["name"]))
-    return [(x, lab) for x, lab in found if lab in labels and x not in have]
-
-
-def evaluation(folder: Path) -> Section | None:
-    """Tables 1 / 3 and Fig. 4 style: every metric for base, fine-tuned, negated and added models."""
-    rows = [r for r in _eval_rows(folder) if r.get("value") is not None]
-    if not rows:
-        return None
-    labels = list(dict.fromkeys(r["label"] for r in rows))
-    cols = list(dict.fromkeys((r["task"], r["metric"]) for r in rows))
-    value = {(r["label"], r["task"], r["metric"]): (r["value"], r.get("stderr")) for r in rows}
-
-    def v(label: str, col: tuple[str, str]) -> float:
-        x = value.get((label, *col))
-        return math.nan if x is None else float(x[0])
-
-    body = table(["model", *[f"{t}: {m}" for t, m in cols]], [[lab, *[v(lab, c) for c in cols]] for lab in labels])
-    body += "<p>n and standard errors: <code>evaluate/*/results.json</code>; samples: <code>samples.jsonl</code>.</p>"
-    first: dict[str, tuple[str, str]] = {}
-    for t, m in cols:
-        if m not in LOSS_METRICS:  # scores in [0, 1] share the bars; held-out losses stay in the table
-            first.setdefault(t, (t, m))
-    main_cols = list(first.values())
-    series = {lab: [v(lab, c) for c in main_cols] for lab in labels if not lab.startswith("sweep-")}
-    title = "evaluation of base, fine-tuned and edited models"
-    figs = {"fig4_evaluation": plots.grouped_bars([f"{t}\n{m}" for t, m in main_cols], series, title, "score")}
-    base = labels[0]
-    moves = []
-    for lab in labels[1:]:
-        if lab.startswith("sweep-"):
-            continue
-        deltas = [(v(lab, c) - v(base, c), c) for c in main_cols if not math.isnan(v(lab, c) - v(base, c))]
-        if deltas:
-            d, c = max(deltas, key=lambda t: abs(t[0]))
-            moves.append(f"{lab}: {c[0]} {c[1]} {v(base, c):.3f}→{v(lab, c):.3f}")
-    sweep = [lab for lab in labels if lab.startswith("sweep-")]
-    if sweep:
-        lams = []
-        for lab in sweep:
-            try:
-                lams.append(float(lab.rsplit("=", 1)[1]))
-            except (IndexError, ValueError):
-                lams.append(math.nan)
-        points = list(zip(lams, sweep, strict=True)) + sweep_anchors(folder, set(labels), set(lams))
-        points.sort(key=lambda p: p[0])
-        ss = {f"{t}: {m}": [v(lab, (t, m)) for _, lab in points] for t, m in main_cols}
-        figs["fig4_sweep"] = plots.lines([x for x, _ in points], ss, "λ sweep", "λ (θ_base + λ·τ)", "score")
-    reading = (f"Largest change from {base} per model: " + "; ".join(moves)) if moves else f"{len(labels)} model(s)"
-    definition = (
-        "acc / acc_norm: log-likelihood multiple choice as lm-evaluation-harness defines them (acc_norm by byte "
-        "length); rouge1: ROUGE-1 F-measure (rouge-score); compliance: share of outputs obeying the three "
-        "system-prompt rules; exact_match: final number equal; loss / perplexity: held-out next-token cross-entropy "
-        "(nats, n = scored tokens) and its exp, in the table only. n and standard errors in results.json. "
-        "λ sweep: the sweep's own scales, plus λ = 0 (the base), 1 (the swept fine-tune itself) and −1 (an edit "
-        "of the base by −τ) where the study evaluated those as models or edits."
-    )
-    return Section("evaluation", "Evaluation of base, fine-tuned and edited models (paper Tables 1, 3; Fig. 4)",
-                   definition, reading, body, figs)  # fmt: skip
-
+__all__ = ["SECTION_BUILDERS", "Section", "evaluation", "load_json", "sweep_anchors", "table"]
 
 SECTION_BUILDERS: list[Callable[[Path], Section | None]] = [
     weight_cosine,

@@ -79,6 +79,21 @@ class EvaluateStage:
 
 
 @dataclass(frozen=True)
+class ComparisonsStage:
+    """Paired comparisons of the evaluate runs (each fine-tune vs the base, each edit vs the model it was made
+    from and vs the base, each sweep point vs λ = 0): interval level, bootstrap resamples, seed."""
+
+    level: float = 0.95
+    resamples: int = 10_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from tunelens.evaluation.stats import StatsOptions
+
+        StatsOptions(self.level, self.resamples, self.seed)  # the same checks, one message
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     base: str
     models: tuple[ModelEntry, ...]
@@ -91,6 +106,7 @@ class StudyConfig:
     subspace: SubspaceStage = field(default_factory=SubspaceStage)
     activations: ActivationsStage = field(default_factory=ActivationsStage)
     evaluate: EvaluateStage = field(default_factory=EvaluateStage)
+    comparisons: ComparisonsStage = field(default_factory=ComparisonsStage)
     title: str = "tunelens study"
 
     @property
@@ -166,6 +182,7 @@ class StudyConfig:
             subspace=_sub(SubspaceStage, d.get("subspace"), "subspace"),
             activations=_sub(ActivationsStage, d.get("activations"), "activations"),
             evaluate=_sub(EvaluateStage, d.get("evaluate"), "evaluate"),
+            comparisons=_sub(ComparisonsStage, d.get("comparisons"), "comparisons"),
             title=str(d.get("title", "tunelens study")),
         )
         _check_ranges(cfg)

@@ -8,6 +8,7 @@ Layout of the study folder (DESIGN.md §3)::
     DIR/activations/            tunelens activations BASE TUNED... --corpus ...
     DIR/vectors/<model>/        τ of each tuned model the edits or the sweep use (float32 vector folders)
     DIR/evaluate/<name>/        tunelens evaluate for base, each tuned model, each edit, the sweep
+    DIR/comparisons/            paired comparisons of those runs (comparisons.csv, comparisons.json)
     DIR/report.html, figures/   tunelens report DIR
 
 Every stage writes its folder atomically. A stage's *key* is the sha256 of what decides its output
@@ -217,8 +218,10 @@ def _evaluate_stages(
 
         return work
 
+    keys: dict[str, str] = {}
     for m in cfg.models:
-        stage(f"evaluate/{m.name}", out / "evaluate" / m.name, _key("eval", common, fps[m.name]), run_eval(m.path))
+        keys[m.name] = _key("eval", common, fps[m.name])
+        stage(f"evaluate/{m.name}", out / "evaluate" / m.name, keys[m.name], run_eval(m.path))
     used = sorted({n for ed in cfg.edits for n, _ in ed.terms} | ({cfg.sweep.vector} if cfg.sweep else set()))
     vectors = out / "vectors"
     for name in used:
@@ -228,14 +231,63 @@ def _evaluate_stages(
     for ed in cfg.edits:
         target, terms = edit_spec(cfg, ed, vectors)
         tfp = fps[cfg.base if ed.target == "pre" else ed.target]
-        key = _key("edit", common, tfp, ed.target, [(n, lam, fps[n]) for n, lam in ed.terms])
-        stage(f"evaluate/{ed.name}", out / "evaluate" / ed.name, key, run_eval(target, terms))
+        keys[ed.name] = _key("edit", common, tfp, ed.target, [(n, lam, fps[n]) for n, lam in ed.terms])
+        stage(f"evaluate/{ed.name}", out / "evaluate" / ed.name, keys[ed.name], run_eval(target, terms))
     if cfg.sweep is not None:
         sw = cfg.sweep
         name = f"sweep-{sw.vector}"
-        key = _key("sweep", common, fps[cfg.base], fps[sw.vector], list(sw.scales))
-        stage(f"evaluate/{name}", out / "evaluate" / name, key,
+        keys[name] = _key("sweep", common, fps[cfg.base], fps[sw.vector], list(sw.scales))
+        stage(f"evaluate/{name}", out / "evaluate" / name, keys[name],
               run_eval(cfg.base_model.path, [f"{sw.vector}={vectors / sw.vector}"], list(sw.scales)))  # fmt: skip
+    from tunelens.evaluation.stats import StatsOptions
+
+    pairs = study_pairs(cfg)
+    c = cfg.comparisons
+    opts = StatsOptions(c.level, c.resamples, c.seed)
+    stage("comparisons", out / "comparisons", _key("comparisons", asdict(c), keys, pairs),
+          functools.partial(_comparisons, out / "evaluate", list(keys), pairs, opts))  # fmt: skip
+
+
+def study_pairs(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """Which evaluate runs are compared (a, b): each fine-tune vs the base; each edit vs the model it was made from
+    and, when that is not the base, vs the base; each sweep point vs λ = 0 (the sweep's own, else the base, which
+    λ = 0 reproduces bit for bit). Names as in comparisons.csv: the run's folder, then the variant for sweeps."""
+    from tunelens.evaluation.compare import run_label
+
+    base = cfg.base
+    pairs = [(base, m.name) for m in cfg.tuned]
+    for ed in cfg.edits:
+        made_from = base if ed.target == "pre" else ed.target
+        pairs.append((made_from, ed.name))
+        if made_from != base:
+            pairs.append((base, ed.name))
+    if cfg.sweep is not None:
+        run = f"sweep-{cfg.sweep.vector}"
+        zero = run_label(run, "sweep=0") if 0.0 in cfg.sweep.scales else base
+        pairs += [(zero, run_label(run, f"sweep={s:g}")) for s in cfg.sweep.scales if s != 0.0]
+    return pairs
+
+
+def _comparisons(evals: Path, names: list[str], pairs: list[tuple[str, str]], opts: Any, out: Path) -> None:
+    from tunelens.checkpoints.output import atomic_dir
+    from tunelens.evaluation import compare as cmp
+    from tunelens.provenance import RunClock
+
+    clock = RunClock()
+    runs = [cmp.read_run(evals / n, n) for n in names]
+    cmp.check_same_tasks(runs)
+    rows = cmp.compare_all(cmp.pair_scores(runs, pairs), opts)
+    summary = clock.metadata(
+        [],
+        definitions=cmp.definitions(opts),
+        statistics={**opts.describe(), "alpha": cmp.ALPHA, "family": "all rows of this file (Holm)"},
+        pairs=[list(p) for p in pairs],
+        runs=[{"name": r.name, "folder": str(r.folder), "variants": r.variants} for r in runs],
+        tasks={t: d for r in runs for t, d in r.tasks.items()},
+        comparisons=rows,
+    )
+    with atomic_dir(out, force=True, inputs=[evals / n for n in names]) as tmp:
+        cmp.write_comparisons(tmp, cmp.CompareResult(rows, summary))
 
 
 def _vector(base: Path, tuned: Path, out: Path, *, read: ReadOptions) -> None:
