@@ -12,6 +12,7 @@ from tunelens.cli.apply import apply_cmd
 from tunelens.cli.demo import demo_cmd
 from tunelens.cli.evaluate import evaluate_cmd
 from tunelens.cli.lora import lora_cmd
+from tunelens.cli.spectrum import spectrum_cmd
 from tunelens.cli.study import report_cmd, study_cmd
 from tunelens.cli.subspace import subspace_cmd
 from tunelens.cli.weights import diff_cmd, inspect_cmd, vector_cmd
@@ -24,6 +25,7 @@ cli.add_command(apply_cmd)
 cli.add_command(lora_cmd)
 cli.add_command(activations_cmd)
 cli.add_command(subspace_cmd)
+cli.add_command(spectrum_cmd)
 cli.add_command(evaluate_cmd)
 cli.add_command(study_cmd)
 cli.add_command(report_cmd)
