@@ -109,6 +109,8 @@ DEFINITIONS: dict[str, str] = {
     "by_component": "per component (q, k, v, o, gate, up, down): whole-tensor rows of every layer",
     "by_group": "all = every whole-tensor row; attention = q,k,v,o; mlp = gate,up,down",
     "by_layer": "per layer index: the same groups over that layer's whole-tensor rows",
+    "readings": "sentences computed from by_group.all of each model; a model named <name>-lora is compared with "
+    "<name> (the demo zoo's LoRA and full fine-tune of one domain)",
     "heads_by_component": "with --per-head: per component, over every layer's head rows",
 }
 
@@ -305,6 +307,47 @@ def summarize(rows: list[dict[str, Any]], names: list[str], opts: SpectrumOption
             }
         models.append(block)
     return {"definitions": DEFINITIONS, "models": models}
+
+
+def readings(summary: dict[str, Any]) -> list[str]:
+    """Sentences computed from the summary: per model its rank structure against a random matrix of the same
+    shapes, amplification and intruders; and each ``<name>-lora`` against ``<name>`` (LoRA vs full)."""
+    opts = summary.get("options", {})
+    where = f"k = {opts.get('intruder_k', '?')}, eps = {opts.get('intruder_eps', '?')}"
+    by_name = {m["name"]: m["by_group"]["all"] for m in summary["models"]}
+    out: list[str] = []
+    for name, g in by_name.items():
+        if "mean" not in g:
+            out.append(f"{name}: tau = 0 on every analysed weight (no spectrum)")
+            continue
+        mean = g["mean"]
+        out.append(
+            f"{name}: tau's effective rank {mean['effective_rank']:.1f} on average "
+            f"({g['effective_rank_vs_random']:.2f}x that of an isotropic random matrix of the same shape; "
+            f"largest {g['max_effective_rank']:.1f}), 90% of |tau|^2 in {mean['energy_rank_90']:.1f} directions, "
+            f"amplification {mean['amplification']:.2f}; "
+            f"{g['intruders_total']} intruder dimension(s) in {g['tensors_with_intruders']} of {g['tensors']} "
+            f"weights ({where})"
+        )
+    for name, full in by_name.items():
+        lora = by_name.get(f"{name}-lora")
+        if lora is None or "mean" not in full or "mean" not in lora:
+            continue
+        fi, li = full["intruders_total"], lora["intruders_total"]
+        if li > 0 and fi == 0:
+            verdict = "LoRA writes intruder dimensions and the full fine-tune none, as Shuttleworth et al. report"
+        elif li > fi:
+            verdict = "LoRA writes more intruder dimensions than the full fine-tune, as Shuttleworth et al. report"
+        elif li == fi == 0:
+            verdict = f"neither writes intruder dimensions at {where}"
+        else:
+            verdict = "LoRA writes no more intruder dimensions than the full fine-tune, unlike Shuttleworth et al."
+        er_f, er_l = full["mean"]["effective_rank"], lora["mean"]["effective_rank"]
+        out.append(
+            f"{name}-lora vs {name} (LoRA vs full fine-tuning on the same rows): effective rank {er_l:.1f} vs "
+            f"{er_f:.1f} ({er_l / er_f:.3f}x), intruder dimensions {li} vs {fi}: {verdict}"
+        )
+    return out
 
 
 @dataclass(frozen=True)
