@@ -21,6 +21,7 @@ float32 has rounding noise of about eps32·σ₁ in every other direction).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -290,6 +291,7 @@ def intruders(u_pre: torch.Tensor, u_ft: torch.Tensor, eps: float) -> int:
 # --- what an isotropic random τ of the same shape would give -------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
 def random_effective_rank(rows: int, cols: int, points: int = 4000) -> float:
     """Expected effective rank of a Gaussian ``rows × cols`` matrix in the Marchenko–Pastur limit:
     n·E[s]·exp(−E[s log s]/E[s]), n = min(rows, cols), s = √x, x ~ MP(β = n/max(rows, cols)).
