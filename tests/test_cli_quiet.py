@@ -79,7 +79,7 @@ def _commands(root: Path, out: Path) -> dict[str, tuple[list[str], list[str]]]:
         ),
         "evaluate": (
             ["evaluate", m, "-t", str(root / "task.jsonl"), "-o", str(out), "--force"],
-            [re.escape(f"wrote {out}/results.json, {out}/results.csv and {out}/samples.jsonl")],
+            [re.escape(f"wrote results.json, results.csv, samples.jsonl to {out}")],
         ),
         "study": (
             ["study", str(root / "study.yaml"), "-o", str(out), "--force", "--no-report"],

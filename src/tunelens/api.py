@@ -24,7 +24,7 @@ from tunelens.vectors.write import write_vector
 
 __all__ = [
     "DiffResult", "Selection", "ReadOptions", "diff", "inspect", "open_checkpoint", "vector", "apply", "lora",
-    "activations", "subspace", "evaluate", "compare",
+    "activations", "subspace", "spectrum", "evaluate", "compare",
 ]  # fmt: skip
 
 
@@ -276,6 +276,65 @@ def subspace(
     if out is not None:
         with atomic_dir(Path(out), force=force, inputs=[b, *ts]) as tmp:
             write_csv(tmp / "subspace.csv", result.rows, SUBSPACE_COLUMNS)
+            write_json(tmp / "summary.json", result.summary)
+    return result
+
+
+def spectrum(
+    base: str | Path | Checkpoint,
+    tuned: list[str | Path | Checkpoint] | tuple[str | Path | Checkpoint, ...],
+    *,
+    out: str | Path | None = None,
+    intruder_k: int = 10,
+    intruder_eps: float = 0.5,
+    amp_rank: int = 16,
+    per_head: bool = False,
+    method: str = "auto",
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    selection: Selection | None = None,
+    options: ReadOptions | None = None,
+    force: bool = False,
+) -> Any:
+    """The spectral anatomy of each tuned model's τ per 2-D attention / MLP weight: effective, stable and
+    energy ranks, the amplification factor and intruder dimensions (DESIGN.md §6, docs/spectrum.md).
+
+    The base's singular bases come from the cache ``subspace`` uses (``cache_dir``, default
+    ``$TUNELENS_CACHE/subspace``). Returns a ``SpectrumResult`` (``.rows`` = ``spectrum.csv``,
+    ``.summary`` = ``summary.json``); with ``out``, writes both there.
+    """
+    from tunelens.stats.spectrum import SPECTRUM_COLUMNS, SpectrumOptions
+    from tunelens.stats.spectrum import spectrum as _spectrum
+    from tunelens.stats.subspace_basis import BasisCache, default_cache_dir
+
+    options = options or ReadOptions()
+    selection = selection or Selection()
+    if out is not None:
+        check_target(Path(out), force, inputs=[base, *tuned])
+    folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if use_cache else None
+    opts = SpectrumOptions(
+        intruder_k=intruder_k,
+        intruder_eps=intruder_eps,
+        amp_rank=amp_rank,
+        per_head=per_head,
+        method=method,  # type: ignore[arg-type]  # validated by SpectrumOptions
+        cache=BasisCache(folder),
+    )
+    clock = RunClock()
+    b = _open(base, options)
+    ts = _open_tuned(tuned, options, "spectrum")
+    result = _spectrum(b, ts, selection=selection, read=options, opts=opts)
+    result.summary.update(
+        clock.metadata(
+            [b.describe(), *(t.describe() for t in ts)],
+            selection=selection.describe(),
+            alignment=result.alignment.report(),
+            compute_dtype="tau float32; singular values and vectors float64 (Gram products formed in float64)",
+        )
+    )
+    if out is not None:
+        with atomic_dir(Path(out), force=force, inputs=[b, *ts]) as tmp:
+            write_csv(tmp / "spectrum.csv", result.rows, SPECTRUM_COLUMNS)
             write_json(tmp / "summary.json", result.summary)
     return result
 

@@ -153,3 +153,28 @@ def test_vector_stops_on_nan(models: dict[str, Path], tmp_path: Path) -> None:
     assert code == 2
     assert BAD in _one_error(output)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("poisoned", ["base_nan", "ft_inf"])
+def test_spectrum_stops_on_nonfinite_and_allows_null_rows(
+    models: dict[str, Path], tmp_path: Path, poisoned: str
+) -> None:
+    base, ft = (models["base_nan"], models["ft"]) if poisoned == "base_nan" else (models["base"], models["ft_inf"])
+    out = tmp_path / "sp"
+    code, output = _run(["spectrum", str(base), str(ft), "-o", str(out), "--no-cache"], [base, ft])
+    assert code == 2 and not out.exists()
+    line = _one_error(output)
+    assert BAD in line
+    assert ("has 3 non-finite value(s)" if poisoned == "base_nan" else f"3 in {BAD}") in line
+    code, output = _run(["spectrum", str(base), str(ft), "-o", str(out), "--no-cache", "--allow-nonfinite"], [base, ft])
+    assert code == 0, output
+    import csv
+
+    rows = list(csv.DictReader((out / "spectrum.csv").open()))
+    bad = [r for r in rows if r["tensor"] == BAD]
+    assert len(bad) == 1 and bad[0]["tau_norm"] == bad[0]["effective_rank"] == bad[0]["intruders"] == ""
+    assert all(r["tau_norm"] != "" for r in rows if r["tensor"] != BAD)
+    summary = json.loads((out / "summary.json").read_text())
+    up = summary["models"][0]["by_component"]["up"]
+    assert up["tensors"] == sum(1 for r in rows if r["component"] == "up")
+    assert up["undefined"] == sum(1 for r in rows if r["component"] == "up" and r["effective_rank"] == "") >= 1

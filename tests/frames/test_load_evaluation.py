@@ -31,7 +31,7 @@ def test_results_and_samples_equal_the_files(outputs: Any, check_csv: Callable[.
     summary = json.loads((outputs.evaluate / "results.json").read_text())
     assert r.kind == "evaluate" and r.meta == summary
     assert set(r.results["variant"]) == {"sweep=0", "sweep=1"}
-    assert len(r.results) == len(summary["results"]) == 2 * 3
+    assert len(r.results) == len(summary["results"]) == 2 * 6  # acc, acc_norm, acc_bytes, gold_loglik|prob|margin
     for i, row in enumerate(summary["results"]):
         for k, v in row.items():
             assert pd.isna(r.results[k].iloc[i]) if v is None else r.results[k].iloc[i] == v, (row, k)
@@ -40,7 +40,7 @@ def test_results_and_samples_equal_the_files(outputs: Any, check_csv: Callable[.
     samples = [json.loads(line) for line in (outputs.evaluate / "samples.jsonl").read_text().splitlines()]
     expected = [(s["variant"], s["task"], s["id"], m, v) for s in samples for m, v in s["scores"].items()]
     got = list(r.samples[["variant", "task", "id", "metric", "score"]].itertuples(index=False, name=None))
-    assert got == expected and len(got) == 2 * 5 * 3  # variants × items × (acc, acc_norm, acc_bytes)
+    assert got == expected and len(got) == 2 * 5 * 6  # variants × items × metrics
     assert list(r.tasks["task"]) == ["organs"] and r.tasks["kind"].iloc[0] == "multiple_choice"
     assert list(r.timing["items"]) == [t["items"] for t in summary["timing"]]
 
@@ -56,30 +56,35 @@ def test_evaluate_to_pandas(outputs: Any, frames_equal: Callable[..., None]) -> 
 def test_comparisons_beside_results_and_in_a_compare_folder(
     outputs: Any, tmp_path: Path, check_csv: Callable[..., None]
 ) -> None:
-    """comparisons.csv with the DESIGN.md §6 columns, written by hand (the writer is built elsewhere)."""
-    text = "\n".join([COMPARISON_HEADER, *COMPARISON_ROWS]) + "\n"
-    run = tmp_path / "run"
-    shutil.copytree(outputs.evaluate, run)
-    (run / "comparisons.csv").write_text(text)
-    r = tunelens.load(run)
+    """The sweep's comparisons (results.json, as comparisons.csv) and a ``tunelens compare`` folder load as the
+    same DESIGN.md §6 frame."""
+    from tunelens import api
+
+    r = tunelens.load(outputs.evaluate)
     assert "comparisons" in r.frames
-    check_csv(r.comparisons, run / "comparisons.csv")
-    assert str(r.comparisons["a_only"].dtype) == "Int64" and r.comparisons["p_adjusted"].isna().sum() == 1
+    check_csv(r.comparisons, outputs.evaluate / "comparisons.csv")
+    assert list(r.comparisons.columns) == COMPARISON_HEADER.split(",")
+    assert str(r.comparisons["a_only"].dtype) == "Int64"
+    assert set(r.comparisons["a"]) == {"sweep=0"} and set(r.comparisons["b"]) == {"sweep=1"}
 
     cmp_dir = tmp_path / "cmp"
-    cmp_dir.mkdir()
-    (cmp_dir / "comparisons.csv").write_text(text)
+    api.compare([outputs.evaluate], out=cmp_dir)
     c = tunelens.load(cmp_dir)
     assert c.kind == "compare" and c.frames == ("comparisons",)
-    pd.testing.assert_frame_equal(c.comparisons, r.comparisons)
+    check_csv(c.comparisons, cmp_dir / "comparisons.csv")
+    assert set(c.comparisons["a"]) == {"eval sweep=0"}  # compare names a variant by its run's folder
+    cols = ["task", "metric", "n", "mean_a", "mean_b", "diff", "test"]
+    pd.testing.assert_frame_equal(c.comparisons[cols], r.comparisons[cols])
 
-    # the same rows in results.json take precedence (the JSON is the run's record)
+    # the rows in results.json take precedence over a comparisons.csv beside it (the JSON is the run's record)
+    run = tmp_path / "run"
+    shutil.copytree(outputs.evaluate, run)
+    (run / "comparisons.csv").write_text("\n".join([COMPARISON_HEADER, *COMPARISON_ROWS]) + "\n")
+    pd.testing.assert_frame_equal(tunelens.load(run).comparisons, r.comparisons)
     summary = json.loads((run / "results.json").read_text())
-    summary["comparisons"] = [dict(zip(COMPARISON_HEADER.split(","), line.split(","), strict=True))
-                              for line in COMPARISON_ROWS]  # fmt: skip
-    (run / "comparisons.csv").unlink()
+    del summary["comparisons"]
     (run / "results.json").write_text(json.dumps(summary))
-    pd.testing.assert_frame_equal(tunelens.load(run).comparisons, c.comparisons)
+    check_csv(tunelens.load(run).comparisons, run / "comparisons.csv")
 
 
 def test_bad_paths_are_one_clear_error(tmp_path: Path, outputs: Any) -> None:

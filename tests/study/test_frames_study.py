@@ -21,11 +21,11 @@ def test_study_parts_and_frames(study: Path) -> None:
     r = tunelens.load(study)
     state = json.loads((study / "study.json").read_text())
     assert r.kind == "study" and r.meta == state
-    assert list(r.parts) == ["diff", "subspace", "activations", "evaluate"]
+    assert list(r.parts) == ["diff", "subspace", "spectrum", "activations", "evaluate"]
     assert list(r.stages["stage"]) == list(state["stages"])
     assert list(r.stages["seconds"]) == [s["seconds"] for s in state["stages"].values()]
     assert list(r.models["model"]) == ["base", "med", "math"] and list(r.models["role"]) == ["base", "tuned", "tuned"]
-    for stage in ("diff", "subspace", "activations"):
+    for stage in ("diff", "subspace", "spectrum", "activations"):
         alone = tunelens.load(study / stage)
         for name in alone.frames:
             pd.testing.assert_frame_equal(r.parts[stage].frame(name), alone.frame(name), check_exact=True)

@@ -13,6 +13,7 @@ from tunelens.cli.compare import compare_cmd
 from tunelens.cli.demo import demo_cmd
 from tunelens.cli.evaluate import evaluate_cmd
 from tunelens.cli.lora import lora_cmd
+from tunelens.cli.spectrum import spectrum_cmd
 from tunelens.cli.study import report_cmd, study_cmd
 from tunelens.cli.subspace import subspace_cmd
 from tunelens.cli.tasks import tasks_cmd
@@ -26,6 +27,7 @@ cli.add_command(apply_cmd)
 cli.add_command(lora_cmd)
 cli.add_command(activations_cmd)
 cli.add_command(subspace_cmd)
+cli.add_command(spectrum_cmd)
 cli.add_command(evaluate_cmd)
 cli.add_command(tasks_cmd)
 cli.add_command(compare_cmd)

@@ -157,3 +157,70 @@ def lines(
 ) -> bytes:
     """:func:`lines_figure` as PNG bytes."""
     return _png(lines_figure(xs, series, title, xlabel, ylabel, errors))
+
+
+def ratio_bars(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    spread: Mapping[str, Sequence[float]],
+    title: str,
+    ylabel: str,
+) -> bytes:
+    """Ratios to a random baseline per group, one colour per model, with ± error bars (``spread``) and a
+    dashed line at 1 (chance)."""
+    fig, ax = _fig(max(6.4, 0.9 * len(groups) * max(1, len(series)) / 2), 3.6)
+    k = max(len(series), 1)
+    width = 0.8 / k
+    for s, (name, ys) in enumerate(series.items()):
+        xs = [g + (s - (k - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, ys, width=width, label=name, yerr=list(spread.get(name, [0.0] * len(ys))), capsize=2)
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="chance (random τ)")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def layer_component_grid(
+    panels: Mapping[str, Sequence[Sequence[float]]],
+    components: Sequence[str],
+    title: str,
+    *,
+    integer: bool = False,
+    cmap: str = "viridis",
+) -> bytes:
+    """One heatmap per model (rows = layers, columns = components) side by side on a shared colour scale;
+    NaN cells (no value) are grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(panels)
+    arrays = [np.array(panels[n], dtype=float) for n in names]
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays]) if arrays else np.array([])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    layers = max((a.shape[0] for a in arrays), default=1)
+    fig, axes = plt.subplots(1, len(names), figsize=(1.2 + 2.2 * len(names), 1.4 + 0.16 * layers), dpi=110,
+                             squeeze=False, sharey=True)  # fmt: skip
+    cm = matplotlib_cmap(cmap).with_extremes(bad="#dddddd")
+    im = None
+    for ax, name, a in zip(axes[0], names, arrays, strict=True):
+        im = ax.imshow(np.ma.masked_invalid(a), aspect="auto", cmap=cm, vmin=lo, vmax=max(hi, lo + 1e-12))
+        ax.set_xticks(range(len(components)), components, rotation=90, fontsize=7)
+        ax.set_title(name, fontsize=9)
+        if integer and a.size <= 400:
+            for (i, j), v in np.ndenumerate(a):
+                if np.isfinite(v) and v > 0:
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color="white")
+    axes[0][0].set_ylabel("layer")
+    fig.suptitle(title, fontsize=10)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[0]), fraction=0.03)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

@@ -150,49 +150,108 @@ def _mean(xs: list[float]) -> float:
 
 
 def subspace_alignment(folder: Path) -> Section | None:
-    """Table 4 style: SSA per component (plain mean over whole tensors) with the random baseline."""
-    path = folder / "subspace" / "subspace.csv"
+    """Table 4 style: SSA per component — the absolute share (the paper's number), its random-τ baseline and
+    the ratio with its chance spread side by side; readings from the ratios only (stats.subspace.readings)."""
+    from tunelens.stats.subspace import READING_Z, readings
+
+    path = folder / "subspace" / "summary.json"
     if not path.exists():
         return None
-    rows = [r for r in _read_csv(path) if not r["head"]]
-    if not rows:
-        return None
-    crit = rows[0].get("criterion", "")
-    rows = [r for r in rows if r.get("criterion", "") == crit]
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    comps = [c for c in PAPER_COMPONENTS if any(r["component"] == c for r in rows)]
-
-    def cell(model: str, comp: str, col: str) -> float:  # an empty CSV cell is an undefined value: nan
-        return _mean([_num(r[col]) for r in rows if r["model"] == model and r["component"] == comp])
-
-    table_rows = []
-    for m in models:
-        for share in SHARES:
-            table_rows.append([f"{m} ({share})", *[cell(m, c, f"share_{share}") for c in comps]])
-    for share in SHARES:
-        table_rows.append([f"random baseline ({share})", *[cell(models[0], c, f"baseline_{share}") for c in comps]])
-    attn = [cell(m, c, "share_left") for m in models for c in comps if c in ("q", "k", "v", "o")]
-    mlp = [cell(m, c, "share_left") for m in models for c in comps if c in ("gate", "up", "down")]
-    a, b = _mean(attn), _mean(mlp)
-    reading = (
-        f"Left SSA ({crit}), mean over models: attention {a:.3f}, MLP {b:.3f} — "
-        + (
-            "lower in MLP than attention, as in the paper (new directions in MLP, amplified ones in attention)"
-            if b < a
-            else "not lower in MLP than in attention, unlike the paper's finding"
-        )  # fmt: skip
-    )
-    series = {m: [cell(m, c, "share_left") for c in comps] for m in models}
-    png = plots.grouped_bars([f"W_{c}" for c in comps], series, f"SSA, left share ({crit})", "‖U_kᵀτ‖²/‖τ‖²",
-                             baseline=[cell(models[0], c, "baseline_left") for c in comps])  # fmt: skip
+    s = load_json(path)
+    crit = s["criteria"][0]
+    t4 = s["table4"][crit]
+    comps = [c for c in t4["columns"] if any(r.get(c) is not None for r in t4["rows"])]
+    rows: list[list[Any]] = []
+    for r in t4["rows"]:
+        label = f"{r['model']} ({r['share']})"
+        rows.append([label, "share", *[r.get(c) for c in comps]])
+        rows.append(["", "random-τ baseline", *[r["baseline"].get(c) for c in comps]])
+        rows.append(["", f"ratio ± {READING_Z:g}σ of chance",
+                     *[_pm(r["ratio"].get(c), r["ratio_null_std"].get(c), READING_Z) for c in comps]])  # fmt: skip
+    left = [r for r in t4["rows"] if r["share"] == "left"]
+    series = {r["model"]: [_nan(r["ratio"].get(c)) for c in comps] for r in left}
+    spread = {r["model"]: [READING_Z * _nan(r["ratio_null_std"].get(c)) for c in comps] for r in left}
+    png = plots.ratio_bars(comps, series, spread, f"SSA, left share / random-τ baseline ({crit}); "
+                           f"bars ± {READING_Z:g}σ of chance", "‖U_kᵀτ‖²/‖τ‖² ÷ k/out")  # fmt: skip
     definition = (
-        "left ‖U_kᵀτ‖²/‖τ‖² (baseline k/out), right ‖τV_k‖²/‖τ‖² (baseline k/in), both ‖U_kᵀτV_k‖²/‖τ‖² "
-        "(baseline k²/(out·in)), with U_k, V_k the top-k singular vectors of the pre-trained W (exact float64 "
-        f"basis), k by {crit}; cells are plain means over the component's whole tensors (heads excluded)."
+        "left ‖U_kᵀτ‖²/‖τ‖² (the paper's SSA; random-τ baseline k/out), right ‖τV_k‖²/‖τ‖² (baseline k/in), both "
+        "‖U_kᵀτV_k‖²/‖τ‖² (baseline k²/(out·in)), with U_k, V_k the top-k singular vectors of the pre-trained W "
+        f"(exact float64 basis), k by {crit}; cells are plain means over the component's whole tensors. The "
+        "absolute share depends on shape (a weight with few rows keeps most of any τ in its top-k subspace): only "
+        "the ratio share/baseline compares components. σ = the ratio's standard deviation for an isotropic random "
+        f"τ (closed form, Beta-distributed shares). Readings: ratio within {READING_Z:g}σ of 1 = no evidence of "
+        "amplification / new directions; attention and MLP are compared by their ratios."
     )
-    body = table(["model (share)", *[f"W_{c}" for c in comps]], table_rows, "{:.3f}")
-    return Section("subspace", "Subspace alignment per component (paper Table 4)", definition, reading, body,
-                   {"table4_subspace_alignment": png})  # fmt: skip
+    body = table(["model (share kind)", "row", *comps], rows, "{:.3f}")
+    return Section("subspace", "Subspace alignment per component (paper Table 4), read against chance", definition,
+                   ". ".join(readings(s, criterion=crit)) + ".", body, {"table4_subspace_alignment": png})  # fmt: skip
+
+
+def _pm(value: float | None, std: float | None, z: float) -> str:
+    if value is None or std is None:
+        return "—"
+    return f"{value:.3f} ± {z * std:.2g}"
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+SPECTRUM_COMPONENTS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def spectral_anatomy(folder: Path) -> Section | None:
+    """Heatmaps (layers × components) of τ's effective rank and of intruder counts per model, LoRA next to
+    full; per-group means; readings from stats.spectrum.readings."""
+    from tunelens.stats.spectrum import readings
+
+    path = folder / "spectrum" / "summary.json"
+    if not path.exists():
+        return None
+    s = load_json(path)
+    rows = [r for r in _read_csv(folder / "spectrum" / "spectrum.csv") if not r["head"]]
+    models = [m["name"] for m in s["models"]]
+    comps = [c for c in SPECTRUM_COMPONENTS if any(r["component"] == c for r in rows)]
+    layers = sorted({int(r["layer"]) for r in rows if r["layer"] != ""})
+    cell = {(r["model"], int(r["layer"]), r["component"]): r for r in rows if r["layer"] != ""}
+
+    def grid(model: str, col: str) -> list[list[float]]:
+        return [[_float(cell.get((model, la, c), {}).get(col)) for c in comps] for la in layers]
+
+    opts = s["options"]
+    figs = {
+        "spectrum_effective_rank": plots.layer_component_grid(
+            {m: grid(m, "effective_rank") for m in models}, comps, "effective rank of τ (layers × components)"
+        ),
+        "spectrum_intruders": plots.layer_component_grid(
+            {m: grid(m, "intruders") for m in models}, comps,
+            f"intruder dimensions of W_ft (k = {opts['intruder_k']}, ε = {opts['intruder_eps']})", integer=True,
+            cmap="magma",
+        ),
+    }  # fmt: skip
+    header = ["model", "group", "tensors", "effective rank", "× random", "stable rank", "r90", "r99",
+              f"amplification (r={opts['amp_rank']})", "intruders", "weights with intruders"]  # fmt: skip
+    trows: list[list[Any]] = []
+    for m in s["models"]:
+        for g in ("attention", "mlp", "all"):
+            a = m["by_group"][g]
+            mean = a.get("mean", {})
+            measures = [mean.get(c) for c in ("stable_rank", "energy_rank_90", "energy_rank_99", "amplification")]
+            trows.append([m["name"], g, a["tensors"], mean.get("effective_rank"), a.get("effective_rank_vs_random"),
+                          *measures, a.get("intruders_total"), a.get("tensors_with_intruders")])  # fmt: skip
+    defs = s["definitions"]
+    keys = ("singular values", "numerical rank", "effective_rank", "stable_rank", "energy_rank_90", "amplification",
+            "intruders", "random_effective_rank")  # fmt: skip
+    definition = "\n".join(f"{k}: {defs[k]}" for k in keys)
+    return Section("spectrum", "Spectral anatomy of τ: rank, amplification, intruder dimensions", definition,
+                   ". ".join(readings(s)) + ".", table(header, trows, "{:.3g}"), figs)  # fmt: skip
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v) if v not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
 
 
 def activation_patterns(folder: Path) -> Section | None:
@@ -242,6 +301,7 @@ SECTION_BUILDERS: list[Callable[[Path], Section | None]] = [
     weight_cosine,
     vector_cosine,
     subspace_alignment,
+    spectral_anatomy,
     activation_patterns,
     evaluation,
 ]

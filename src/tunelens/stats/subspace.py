@@ -19,7 +19,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -237,7 +237,7 @@ def plan_parts(alignment: Alignment, selection: Selection, per_head: bool) -> di
         for part in job.parts:
             if part.component not in SSA_COMPONENTS or not selection.keeps(part.layer, part.component):
                 continue
-            shape = _part_shape(job.base.shape, part)
+            shape = part_shape(job.base.shape, part)
             heads = head_slicing(arch, part.component, shape) if per_head else None
             out.append(PartPlan(part, heads))
         if out:
@@ -245,7 +245,7 @@ def plan_parts(alignment: Alignment, selection: Selection, per_head: bool) -> di
     return plans
 
 
-def _part_shape(stored: tuple[int, ...], part: Part) -> tuple[int, int]:
+def part_shape(stored: tuple[int, ...], part: Part) -> tuple[int, int]:
     dims = list(stored)
     if part.dim is not None:
         dims[part.dim] = part.stop - part.start
@@ -261,14 +261,21 @@ def load_or_build(
     stats: PassStats,
     name: str,
     columns: Columns = None,
+    *,
+    sides: Literal["both", "left"] = "both",
 ) -> list[Basis]:
     """The bases of ``slices`` from the cache, or decomposed (and stored) — one cluster-executable step.
 
-    ``columns(S)`` is how many leading singular vectors the caller uses: a cached entry with fewer
-    is decomposed again (and replaced by one with enough)."""
+    ``columns(S)`` is how many leading singular vectors the caller uses (None: every trusted one) on
+    ``sides`` (``left``: U only, as ``spectrum``'s intruders): a cached entry with fewer is decomposed
+    again (and replaced by one with enough)."""
     found = cache.load(key) if key.content_sha256 else None
     if found is not None and len(found) == len(slices):
-        if all(b.cols >= min(b.trusted, columns(b.S) if columns else b.trusted) for b in found):
+
+        def has(b: Basis) -> int:
+            return int(b.U.shape[1]) if sides == "left" else b.cols
+
+        if all(has(b) >= min(b.trusted, columns(b.S) if columns else b.trusted) for b in found):
             stats.hits += 1
             return [b.to(str(slices[0].device)) for b in found]
     t0 = time.perf_counter()
@@ -407,7 +414,7 @@ def _undefined_rows(
     out = []
     for plan in plans:
         part = plan.part
-        rows_n, cols_n = _part_shape(job.base.shape, part)
+        rows_n, cols_n = part_shape(job.base.shape, part)
         for ck in alignment.others:
             for crit in opts.criteria:
                 out.append(
@@ -493,6 +500,8 @@ TABLE4_COLUMNS: dict[str, str] = {
     "q": "W_Q", "k": "W_K", "v": "W_V", "o": "W_O", "gate": "W_gate", "up": "W_up", "down": "W_down",
 }  # fmt: skip
 _KINDS = ("left", "right", "both")
+READING_Z = 3.0  # a ratio further than this many null standard deviations from 1 is read as an effect
+SMALL_EFFECT = 0.1  # |ratio − 1| below this is called slight
 
 DEFINITIONS: dict[str, str] = {
     "basis": "W = U diag(S) V^T of the pre-trained weight in the [out, in] convention (GPT-2 Conv1D transposed, "
@@ -526,6 +535,17 @@ DEFINITIONS: dict[str, str] = {
     "mean_k": "aggregate: plain mean of k over the group's defined rows",
     "mean_energy": "aggregate: plain mean of the retained energy over the group's defined rows",
     "plain_mean.ratio_*": "mean of the per-tensor ratios share/baseline (not the ratio of the means)",
+    "ratio_*_null_std": "standard deviation the aggregate ratio would have for an isotropic random tau: per tensor the "
+    "share is Beta distributed with std sd_t = sqrt(2p(1-p)/(out*in+2)) (p = baseline); plain_mean: "
+    "sqrt(sum_t (sd_t/p_t)^2) / n; energy_weighted: sqrt(sum_t w_t^2 sd_t^2) / sum_t w_t / weighted baseline "
+    "(weights w_t = |tau_t|^2 held fixed)",
+    "ratio_*_sd": "plain_mean only: sample standard deviation of the per-tensor ratios (how much tensors differ; "
+    "not an uncertainty of the mean)",
+    "readings": f"sentences computed from the plain-mean ratio r and its null std u: |r - 1| <= {READING_Z:g} u: no "
+    "evidence of amplification / new directions; r > 1 + z u: amplification of W's existing top-k directions; "
+    f"r < 1 - z u: new directions; 'slightly' when |r - 1| < {SMALL_EFFECT:g}. Attention and MLP are compared by "
+    "the difference of their ratios against sqrt(u_attention^2 + u_mlp^2), never by the absolute shares, which "
+    "depend on shape (the baselines)",
     "by_component": "per component (q, k, v, o, gate, up, down): whole-tensor rows of every layer",
     "by_group": "all = every whole-tensor row; attention = q,k,v,o; mlp = gate,up,down",
     "by_layer": "per layer index: the same groups over that layer's whole-tensor rows",
@@ -543,7 +563,9 @@ DEFINITIONS: dict[str, str] = {
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Plain and energy-weighted means of shares, baselines and ratios over ``rows``."""
+    """Plain and energy-weighted means of shares, baselines and ratios over ``rows``, each ratio with the
+    standard deviation it would have for an isotropic random τ (``*_null_std``) and, for the plain mean,
+    the spread of the per-tensor ratios (``ratio_*_sd``)."""
     ok = [r for r in rows if not math.isnan(r["share_left"])]
     out: dict[str, Any] = {"tensors": len(rows), "undefined": len(rows) - len(ok)}
     if not ok:
@@ -558,11 +580,28 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for col in (f"share_{kind}", f"baseline_{kind}"):
             weighted[col] = math.fsum(w * r[col] for w, r in zip(weights, ok, strict=True)) / total
         weighted[f"ratio_{kind}"] = _ratio(weighted[f"share_{kind}"], weighted[f"baseline_{kind}"])
+        sds = [random_share_std(r[f"baseline_{kind}"], r["rows"] * r["cols"]) for r in ok]
+        # mean of independent per-tensor ratios share/p: std sqrt(sum (sd_t / p_t)^2) / n
+        plain[f"ratio_{kind}_null_std"] = math.sqrt(
+            math.fsum((sd / r[f"baseline_{kind}"]) ** 2 for sd, r in zip(sds, ok, strict=True))
+        ) / len(ok)
+        plain[f"ratio_{kind}_sd"] = _sd([r[f"ratio_{kind}"] for r in ok])
+        # weighted share sum w_t s_t / sum w_t (weights held fixed): std sqrt(sum w_t^2 sd_t^2) / sum w_t
+        wsd = math.sqrt(math.fsum((w * sd) ** 2 for w, sd in zip(weights, sds, strict=True))) / total
+        weighted[f"ratio_{kind}_null_std"] = _ratio(wsd, weighted[f"baseline_{kind}"])
     out["plain_mean"] = plain
     out["energy_weighted"] = weighted
     out["mean_k"] = math.fsum(r["k"] for r in ok) / len(ok)
     out["mean_energy"] = math.fsum(r["energy"] for r in ok) / len(ok)
     return out
+
+
+def _sd(xs: list[float]) -> float:
+    """Sample standard deviation (n − 1); NaN for fewer than two values."""
+    if len(xs) < 2:
+        return math.nan
+    m = math.fsum(xs) / len(xs)
+    return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -597,12 +636,17 @@ def summarize(rows: list[dict[str, Any]], names: list[str], opts: SubspaceOption
                 }
             models.setdefault(name, {})[crit.label] = block
             for kind in _KINDS:
-                cells = {TABLE4_COLUMNS[c]: by_comp[c].get("plain_mean", {}).get(f"share_{kind}") for c in comps}
-                ratios = {TABLE4_COLUMNS[c]: by_comp[c].get("plain_mean", {}).get(f"ratio_{kind}") for c in comps}
-                t4_rows.append({"model": name, "share": kind, **cells, "ratio": ratios})
+                cell = {key: {TABLE4_COLUMNS[c]: by_comp[c].get("plain_mean", {}).get(f"{key}_{kind}") for c in comps}
+                        for key in ("share", "baseline", "ratio")}  # fmt: skip
+                cell["null_std"] = {
+                    TABLE4_COLUMNS[c]: by_comp[c].get("plain_mean", {}).get(f"ratio_{kind}_null_std") for c in comps
+                }
+                t4_rows.append({"model": name, "share": kind, **cell["share"], "baseline": cell["baseline"],
+                                "ratio": cell["ratio"], "ratio_null_std": cell["null_std"]})  # fmt: skip
         table4[crit.label] = {
             "columns": [TABLE4_COLUMNS[c] for c in SSA_COMPONENTS],
-            "aggregate": "plain mean over layers of whole-tensor shares",
+            "aggregate": "plain mean over layers of whole-tensor shares; baseline, ratio (mean of per-tensor "
+            "share/baseline) and the ratio's std for an isotropic random tau beside each share",
             "rows": t4_rows,
         }
     return {
@@ -611,6 +655,67 @@ def summarize(rows: list[dict[str, Any]], names: list[str], opts: SubspaceOption
         "models": [{"name": n, "by_criterion": models.get(n, {})} for n in names],
         "table4": table4,
     }
+
+
+# --- readings ---------------------------------------------------------------------------------------
+
+Verdict = Literal["amplification", "new directions", "no evidence"]
+_KIND_WORDS = {"left": "left (output-side)", "right": "right (input-side)", "both": "two-sided"}
+
+
+def verdict(ratio: float, null_std: float, z: float = READING_Z) -> Verdict:
+    """What a share / baseline ratio says, given its std under an isotropic random τ."""
+    if abs(ratio - 1.0) <= z * null_std:
+        return "no evidence"
+    return "amplification" if ratio > 1.0 else "new directions"
+
+
+def ratio_sentence(label: str, mean: dict[str, float], kind: str = "left", z: float = READING_Z) -> str:
+    """One reading of an aggregate's plain mean (``aggregate(...)["plain_mean"]``)."""
+    r, u = mean[f"ratio_{kind}"], mean[f"ratio_{kind}_null_std"]
+    numbers = (
+        f"{_KIND_WORDS[kind]} share {mean[f'share_{kind}']:.3f} vs random-tau baseline {mean[f'baseline_{kind}']:.3f}, "
+        f"ratio {r:.3f} (±{z:g}σ of chance: ±{z * u:.2g})"
+    )
+    v = verdict(r, u, z)
+    if v == "no evidence":
+        return f"{label}: {numbers}: within chance — no evidence of amplification / new directions"
+    slight = "slightly " if abs(r - 1.0) < SMALL_EFFECT else ""
+    if v == "amplification":
+        return f"{label}: {numbers}: {slight}more of tau in W's top-k directions than chance — amplification"
+    return f"{label}: {numbers}: {slight}less of tau in W's top-k directions than chance — new directions"
+
+
+def contrast_sentence(model: str, attention: dict[str, float], mlp: dict[str, float], kind: str = "left",
+                      z: float = READING_Z) -> str:  # fmt: skip
+    """Attention against MLP by the difference of their ratios (the paper's contrast, read from ratios)."""
+    ra, rm = attention[f"ratio_{kind}"], mlp[f"ratio_{kind}"]
+    u = math.hypot(attention[f"ratio_{kind}_null_std"], mlp[f"ratio_{kind}_null_std"])
+    shape = (
+        f" (absolute shares attention {attention[f'share_{kind}']:.3f}, MLP {mlp[f'share_{kind}']:.3f}; random-tau "
+        f"baselines {attention[f'baseline_{kind}']:.3f}, {mlp[f'baseline_{kind}']:.3f}: shape alone accounts for "
+        f"{attention[f'baseline_{kind}'] - mlp[f'baseline_{kind}']:+.3f} of the difference)"
+    )
+    d = ra - rm
+    if abs(d) <= z * u:
+        return f"{model}: attention ratio {ra:.3f} vs MLP {rm:.3f}: no evidence of a difference (±{z * u:.2g})" + shape
+    side = "lower in MLP than in attention, the paper's direction" if d > 0 else "higher in MLP than in attention, " \
+        "opposite to the paper's direction"  # fmt: skip
+    return f"{model}: attention ratio {ra:.3f} vs MLP {rm:.3f}: {side} (difference {d:+.3f}, ±{z * u:.2g})" + shape
+
+
+def readings(summary: dict[str, Any], *, criterion: str | None = None, kind: str = "left") -> list[str]:
+    """Sentences about every model's attention and MLP SSA, derived from ratios and their null std only."""
+    crit = criterion or summary["criteria"][0]
+    out: list[str] = []
+    for m in summary["models"]:
+        groups = m["by_criterion"].get(crit, {}).get("by_group", {})
+        means = {g: groups[g]["plain_mean"] for g in ("attention", "mlp") if "plain_mean" in groups.get(g, {})}
+        for g, mean in means.items():
+            out.append(ratio_sentence(f"{m['name']}, {'MLP' if g == 'mlp' else g}", mean, kind))
+        if len(means) == 2:
+            out.append(contrast_sentence(m["name"], means["attention"], means["mlp"], kind))
+    return out
 
 
 @dataclass(frozen=True)

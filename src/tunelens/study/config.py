@@ -9,7 +9,7 @@ Example::
       - {name: math, path: zoo/math, parent: base}
     corpus: [zoo/corpora/medical.heldout.jsonl]
     tasks: [zoo/tasks/hpo_mcqa.jsonl]
-    stages: [diff, subspace, activations, evaluate]
+    stages: [diff, subspace, spectrum, activations, evaluate]
     edits:
       - {name: med-negated, target: pre, terms: {med: -1}}
       - {name: med+math, terms: {med: 1, math: 1}}
@@ -25,7 +25,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from tunelens.errors import TunelensError
 
-Stage = Literal["diff", "subspace", "activations", "evaluate"]
+Stage = Literal["diff", "subspace", "spectrum", "activations", "evaluate"]
 STAGES: tuple[Stage, ...] = get_args(Stage)
 
 
@@ -61,6 +61,25 @@ class SubspaceStage:
     energy: tuple[float, ...] = (0.9,)
     per_head: bool = False
     tau_spectrum: bool = False
+
+
+@dataclass(frozen=True)
+class SpectrumStage:
+    """``tunelens spectrum`` options (docs/spectrum.md)."""
+
+    intruder_k: int = 10
+    intruder_eps: float = 0.5
+    amp_rank: int = 16
+    per_head: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("intruder_k", "amp_rank"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise TunelensError(f"study: spectrum.{name} must be a positive integer, got {v!r}")
+        eps = self.intruder_eps
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0.0 < eps <= 1.0:
+            raise TunelensError(f"study: spectrum.intruder_eps must be a number in (0, 1], got {eps!r}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,7 @@ class StudyConfig:
     sweep: Sweep | None = None
     diff: DiffStage = field(default_factory=DiffStage)
     subspace: SubspaceStage = field(default_factory=SubspaceStage)
+    spectrum: SpectrumStage = field(default_factory=SpectrumStage)
     activations: ActivationsStage = field(default_factory=ActivationsStage)
     evaluate: EvaluateStage = field(default_factory=EvaluateStage)
     comparisons: ComparisonsStage = field(default_factory=ComparisonsStage)
@@ -180,6 +200,7 @@ class StudyConfig:
             sweep=sweep,
             diff=_sub(DiffStage, d.get("diff"), "diff"),
             subspace=_sub(SubspaceStage, d.get("subspace"), "subspace"),
+            spectrum=_sub(SpectrumStage, d.get("spectrum"), "spectrum"),
             activations=_sub(ActivationsStage, d.get("activations"), "activations"),
             evaluate=_sub(EvaluateStage, d.get("evaluate"), "evaluate"),
             comparisons=_sub(ComparisonsStage, d.get("comparisons"), "comparisons"),

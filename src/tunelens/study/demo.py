@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 # slowest multiple-choice task (~37 s per model).
 DEMO_TASKS = ("hpo_term", "format_hpo", "champ_answer", "code_line")
 
+#: The switch for the LoRA model of the demo. While False, the demo studies the full fine-tunes only; flip it
+#: to True once every stage reads PEFT adapter folders (issue 13: the one tau source), and the demo adds
+#: ``<domain>-lora`` (the zoo's LoRA fine-tune of that domain, same rows, steps and tokens as the full one)
+#: right after ``<domain>``, comparing LoRA and full fine-tuning on every measure.
+STUDY_READS_ADAPTERS = False
+
 
 def heldout_tasks(zoo: Zoo) -> list[Path]:
     """``kind: perplexity`` tasks on each domain's held-out corpus, with the zoo's own held-out loss settings
@@ -44,20 +50,23 @@ def heldout_tasks(zoo: Zoo) -> list[Path]:
     return out
 
 
-def demo_config(zoo: Zoo, *, limit: int | None = 40, sweep: tuple[float, ...] = (0.5, 1.5)) -> StudyConfig:
+def demo_config(
+    zoo: Zoo, *, limit: int | None = 40, sweep: tuple[float, ...] = (0.5, 1.5), lora: bool | None = None
+) -> StudyConfig:
     """Negation of each domain vector from the base (the paper's "(−)T" as task arithmetic, θ_pre − τ),
     the addition of the first two domains' vectors (paper Fig. 4), and a λ sweep of the first domain.
 
     The sweep's default scales are the ones no other entry evaluates: λ = 0 is the base, λ = 1 the
-    fine-tune and λ = −1 its negation, all already in the study."""
+    fine-tune and λ = −1 its negation, all already in the study. ``lora`` (default
+    :data:`STUDY_READS_ADAPTERS`) adds the zoo's LoRA adapters as models, each after its domain's full one."""
+    lora = STUDY_READS_ADAPTERS if lora is None else lora
     domains = list(zoo.tuned)
     tasks = [str(path) for name, path in zoo.tasks.items() if name in DEMO_TASKS]
     tasks += [str(path) for path in heldout_tasks(zoo)]
     data: dict[str, Any] = {
         "title": f"tunelens demo: {zoo.root.name}",
         "base": "base",
-        "models": [{"name": "base", "path": str(zoo.base)}]
-        + [{"name": d, "path": str(p), "parent": "base"} for d, p in zoo.tuned.items()],
+        "models": [{"name": "base", "path": str(zoo.base)}] + _tuned_models(zoo, lora),
         "corpus": [str(zoo.corpus[d]) for d in domains[:1] if d in zoo.corpus],
         "tasks": tasks or [str(path) for path in zoo.tasks.values()],  # a zoo without them: all of its tasks
         "edits": [{"name": f"{d}-negated", "target": "pre", "terms": {d: -1.0}} for d in domains]
@@ -67,7 +76,16 @@ def demo_config(zoo: Zoo, *, limit: int | None = 40, sweep: tuple[float, ...] = 
             else []
         ),  # fmt: skip
         "sweep": {"vector": domains[0], "scales": list(sweep)} if sweep else None,
-        "subspace": {"tau_spectrum": True},  # cheap at 135M; opt-in for big models (docs/subspace.md)
         "evaluate": {"limit": limit},
     }
     return StudyConfig.from_dict(data, root=zoo.root)
+
+
+def _tuned_models(zoo: Zoo, lora: bool) -> list[dict[str, str]]:
+    """Each domain's full fine-tune, then (with ``lora``) its LoRA adapter: LoRA next to full in every table."""
+    out = []
+    for d, p in zoo.tuned.items():
+        out.append({"name": d, "path": str(p), "parent": "base"})
+        if lora and d in zoo.adapters:
+            out.append({"name": f"{d}-lora", "path": str(zoo.adapters[d]), "parent": "base"})
+    return out

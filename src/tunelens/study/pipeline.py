@@ -5,6 +5,7 @@ Layout of the study folder (DESIGN.md §3)::
     DIR/study.json              config, per-stage keys and state, timing (rewritten after each stage)
     DIR/diff/                   tunelens diff BASE TUNED...
     DIR/subspace/               tunelens subspace BASE TUNED...
+    DIR/spectrum/               tunelens spectrum BASE TUNED... (after subspace: the base's bases are cached)
     DIR/activations/            tunelens activations BASE TUNED... --corpus ...
     DIR/vectors/<model>/        τ of each tuned model the edits or the sweep use (float32 vector folders)
     DIR/evaluate/<name>/        tunelens evaluate for base, each tuned model, each edit, the sweep
@@ -171,6 +172,12 @@ def run_study(
         stage("subspace", out / "subspace", _key("subspace", asdict(ss), tuned, all_fps),
               lambda f: api.subspace(str(base.path), tuned, out=f, energy=list(ss.energy), per_head=ss.per_head,
                                      tau_spectrum=ss.tau_spectrum, options=read, force=True))  # fmt: skip
+    if "spectrum" in cfg.stages:
+        sp = cfg.spectrum
+        stage("spectrum", out / "spectrum", _key("spectrum", asdict(sp), tuned, all_fps),
+              lambda f: api.spectrum(str(base.path), tuned, out=f, intruder_k=sp.intruder_k,
+                                     intruder_eps=sp.intruder_eps, amp_rank=sp.amp_rank, per_head=sp.per_head,
+                                     options=read, force=True))  # fmt: skip
     if "activations" in cfg.stages:
         from tunelens.activations.options import ActivationOptions
 

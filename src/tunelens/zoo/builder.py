@@ -31,7 +31,7 @@ from tunelens import __version__
 from tunelens.checkpoints.output import MARKER, atomic_dir, mark_output, write_text_atomic
 from tunelens.errors import TunelensError
 from tunelens.provenance import peak_rss_bytes
-from tunelens.zoo import Zoo, ZooSpec, cache_root
+from tunelens.zoo import Zoo, ZooSpec, cache_root, lora_folder
 from tunelens.zoo.convert import LICENSE, card_ok, write_card
 from tunelens.zoo.data import SPLIT_RULE, Item, Source, data_digest, domain_items, split
 
@@ -225,6 +225,7 @@ class _Builder:
         t0 = time.perf_counter()
         _say(self.quiet, "measuring the base model's held-out loss")
         model, tok = self._load(base)
+        model.to(self.spec.device)
         loss = {d: self._loss(model, tok, d) for d in self.spec.domains}
         del model
         write_text_atomic(path, json.dumps({"key": key, "loss": loss}, indent=1) + "\n")
@@ -243,91 +244,74 @@ class _Builder:
         from tunelens.zoo.train import heldout_loss
 
         held = self.items(domain)[1]
-        return heldout_loss(model, tok, held, seq_len=self.spec.seq_len, max_tokens=self.spec.eval_tokens)
+        return heldout_loss(
+            model, tok, held, seq_len=self.spec.seq_len, max_tokens=self.spec.eval_tokens, device=self.spec.device
+        )
 
     # ---------------------------------------------------------- fine-tunes
-    def tuned(self, domain: str, base: Path, base_loss: dict[str, Any], index: int) -> Path:
-        dst = self.root / domain
+    def tuned(self, domain: str, base: Path, base_loss: dict[str, Any], index: int, *, lora: bool = False) -> Path:
+        """The full fine-tune of ``domain`` (``<root>/<domain>/``), or with ``lora`` its PEFT LoRA fine-tune
+        on the very same rows (``<root>/<domain>-lora/``, an adapter folder)."""
+        part = lora_folder(domain) if lora else domain
+        dst = self.root / part
         t0 = time.perf_counter()
         if not self.stale(dst):
-            self.timed(domain, t0, False)
+            self.timed(part, t0, False)
             return dst
-        from tunelens.zoo.tasks import medical_messages, medical_rows, system_prompt
-        from tunelens.zoo.train import chat_example, fine_tune, pack, text_example
+        from tunelens.zoo.train import fine_tune
 
         s = self.spec
-        _say(self.quiet, f"fine-tuning {domain} ({s.steps} steps x {s.batch_size} x {s.seq_len} tokens)")
+        kind = f"LoRA r={s.lora_rank}" if lora else "full"
+        _say(self.quiet, f"fine-tuning {domain}, {kind} ({s.steps} steps x {s.batch_size} x {s.seq_len} tokens)")
         train, held, source = self.items(domain)
         model, tok = self._load(base)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         seed = s.seed * 1000 + index
-        if domain == "medical":
-            system, rules = system_prompt()
-            rows = medical_rows(train, random.Random(seed))
+        packed, data_format = self._rows(domain, tok, seed)
+        assert not (packed.item_ids & {it.id for it in held}), "a held-out item reached the training rows"
+        if lora:
+            from tunelens.zoo.lora import add_lora
 
-            def make(i: int) -> Any:
-                return chat_example(rows[i]["id"], medical_messages(rows[i], system, rules), tok)
-
-            data_format = MEDICAL_FORMAT_NOTE
-        else:
-
-            def make(i: int) -> Any:
-                return text_example(train[i], tok)
-
-            data_format = "plain text of each item followed by EOS; every token a target"
-        packed = pack(len(train), make, rows=s.steps * s.batch_size, seq_len=s.seq_len, pad_id=pad, seed=seed)
-        held_ids = {it.id for it in held}
-        assert not (packed.item_ids & held_ids), "a held-out item reached the training rows"
+            model = add_lora(model, s, seed, base)
+        model.to(s.device)
         result = fine_tune(
             model,
             packed,
             steps=s.steps,
             batch_size=s.batch_size,
-            lr=s.lr,
+            lr=s.lora_lr if lora else s.lr,
             warmup=s.warmup,
             lr_floor=s.lr_floor,
             weight_decay=s.weight_decay,
             grad_clip=s.grad_clip,
             seed=seed,
             quiet=self.quiet,
-            desc=f"zoo {domain}",
+            desc=f"zoo {part}",
+            device=s.device,
         )
         losses = {}
         for d in s.domains:
             after = self._loss(model, tok, d)
             losses[d] = {"base": base_loss[d]["loss"], "tuned": after["loss"], "tokens": after["tokens"]}
-        losses_def = base_loss[s.domains[0]]["definition"]
+        model.to("cpu")
         with atomic_dir(_own(dst), force=True, inputs=[base]) as tmp:
             model.save_pretrained(str(tmp))
-            skip = ("config.json", "tunelens.json", "model.safetensors.index.json")
-            for f in sorted(Path(base).iterdir()):  # tokenizer, chat template, generation config
-                if f.is_file() and not f.name.endswith(".safetensors") and f.name not in skip:
-                    shutil.copyfile(f, tmp / f.name)
+            if lora:
+                (tmp / "README.md").unlink(missing_ok=True)  # PEFT's boilerplate card; tunelens.json is the card
+            else:
+                skip = ("config.json", "tunelens.json", "model.safetensors.index.json")
+                for f in sorted(Path(base).iterdir()):  # tokenizer, chat template, generation config
+                    if f.is_file() and not f.name.endswith(".safetensors") and f.name not in skip:
+                        shutil.copyfile(f, tmp / f.name)
             base_card = json.loads((Path(base) / "tunelens.json").read_text())
             card = {
-                "kind": "fine-tune",
+                "kind": "lora-adapter" if lora else "fine-tune",
                 "domain": domain,
                 "parent": {"model": base_card.get("model"), "source": base_card.get("source")},
                 "license": LICENSE
                 if s.base == "smollm2"
                 else base_card.get("license")
                 | {"note": "fine-tune of the base; the training data's own licence is under data"},
-                "recipe": {
-                    "method": "full-parameter fine-tune (nothing frozen; tied embedding / LM head trained)",
-                    "optimizer": "torch.optim.AdamW(betas=(0.9, 0.999), eps=1e-8)",
-                    "steps": s.steps,
-                    "batch_size": s.batch_size,
-                    "seq_len": s.seq_len,
-                    "lr": s.lr,
-                    "schedule": f"linear warm-up {s.warmup} steps, cosine decay to {s.lr_floor} x lr",
-                    "weight_decay": s.weight_decay,
-                    "grad_clip": s.grad_clip,
-                    "seed": seed,
-                    "dtype": "float32",
-                    "device": "cpu",
-                    "deterministic": "torch.use_deterministic_algorithms(True), torch.manual_seed(seed)",
-                    "loss": "mean cross-entropy over the batch's target tokens",
-                },
+                "recipe": self._recipe(seed, lora),
                 "tokens": {
                     "positions": result.positions,
                     "attended": result.attended,
@@ -353,23 +337,74 @@ class _Builder:
                     },
                 },
                 "train_loss": [round(x, 6) for x in result.losses],
-                "heldout_loss": {"definition": losses_def, "by_domain": losses},
+                "heldout_loss": {"definition": base_loss[s.domains[0]]["definition"], "by_domain": losses},
                 "versions": _versions(),
             }
             write_card(tmp, card)
         del model
-        self.timings[domain] = {
+        self.timings[part] = {
             "built": True,
             "seconds": round(time.perf_counter() - t0, 2),
             "train_seconds": round(result.seconds, 2),
+            "seconds_per_step": round(result.seconds / max(1, s.steps), 3),
         }
         return dst
+
+    def _rows(self, domain: str, tok: Any, seed: int) -> tuple[Any, str]:
+        """The packed training rows of ``domain`` (a full fine-tune and its LoRA twin get the same ones)."""
+        from tunelens.zoo.tasks import medical_messages, medical_rows, system_prompt
+        from tunelens.zoo.train import chat_example, pack, text_example
+
+        s = self.spec
+        train = self.items(domain)[0]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        if domain == "medical":
+            system, rules = system_prompt()
+            rows = medical_rows(train, random.Random(seed))
+
+            def make(i: int) -> Any:
+                return chat_example(rows[i]["id"], medical_messages(rows[i], system, rules), tok)
+
+            data_format = MEDICAL_FORMAT_NOTE
+        else:
+
+            def make(i: int) -> Any:
+                return text_example(train[i], tok)
+
+            data_format = "plain text of each item followed by EOS; every token a target"
+        packed = pack(len(train), make, rows=s.steps * s.batch_size, seq_len=s.seq_len, pad_id=pad, seed=seed)
+        return packed, data_format
+
+    def _recipe(self, seed: int, lora: bool) -> dict[str, Any]:
+        s = self.spec
+        recipe: dict[str, Any] = {
+            "method": "full-parameter fine-tune (nothing frozen; tied embedding / LM head trained)",
+            "optimizer": "torch.optim.AdamW(betas=(0.9, 0.999), eps=1e-8)",
+            "steps": s.steps,
+            "batch_size": s.batch_size,
+            "seq_len": s.seq_len,
+            "lr": s.lr,
+            "schedule": f"linear warm-up {s.warmup} steps, cosine decay to {s.lr_floor} x lr",
+            "weight_decay": s.weight_decay,
+            "grad_clip": s.grad_clip,
+            "seed": seed,
+            "dtype": "float32",
+            "device": s.device,
+            "deterministic": "torch.use_deterministic_algorithms(True), torch.manual_seed(seed)",
+            "loss": "mean cross-entropy over the batch's target tokens",
+        }
+        if lora:
+            from tunelens.zoo.lora import lora_recipe
+
+            recipe |= lora_recipe(s)
+        return recipe
 
 
 def _complete(spec: ZooSpec, root: Path, base: Path) -> Zoo | None:
     """The zoo when every part is complete and the manifest exists, else ``None`` (no torch import)."""
     manifest = root / "zoo.json"
     parts = [base, root / "data", root / "tasks", *(root / d for d in spec.domains)]
+    parts += [root / lora_folder(d) for d in spec.lora_domains]
     if not manifest.is_file() or not all(card_ok(p) for p in parts):
         return None
     try:
@@ -380,7 +415,9 @@ def _complete(spec: ZooSpec, root: Path, base: Path) -> Zoo | None:
     if info.get("key") != spec.key() or not all(p.is_file() for p in tasks.values()):
         return None
     corpus = {d: root / "data" / "corpus" / f"{d}.jsonl" for d in spec.domains}
-    return Zoo(root=root, base=base, tuned={d: root / d for d in spec.domains}, tasks=tasks, corpus=corpus)
+    adapters = {d: root / lora_folder(d) for d in spec.lora_domains}
+    return Zoo(root=root, base=base, tuned={d: root / d for d in spec.domains}, adapters=adapters, tasks=tasks,
+               corpus=corpus)  # fmt: skip
 
 
 def build_zoo(spec: ZooSpec, cache_dir: Path, *, quiet: bool = False, force: bool = False) -> Zoo:
@@ -398,6 +435,13 @@ def build_zoo(spec: ZooSpec, cache_dir: Path, *, quiet: bool = False, force: boo
         raise TunelensError(f"cannot create the zoo cache folder {root}: {exc.strerror or exc}") from exc
     import torch
 
+    if spec.device != "cpu":
+        if not torch.cuda.is_available():
+            raise TunelensError(f"zoo device {spec.device}: torch sees no CUDA device (torch {torch.__version__})")
+        # deterministic cuBLAS (torch.use_deterministic_algorithms): set before the first CUDA matmul
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    root.mkdir(parents=True, exist_ok=True)
+
     threads = torch.get_num_threads()
     if spec.base == "tiny":
         torch.set_num_threads(1)  # tiny matrices: one thread avoids OpenMP spin-waits on a busy machine
@@ -414,6 +458,7 @@ def _build(spec: ZooSpec, root: Path, quiet: bool, force: bool, t0: float) -> Zo
     tasks = b.tasks()
     base_loss = b.base_loss(base)
     tuned = {d: b.tuned(d, base, base_loss, i) for i, d in enumerate(spec.domains)}
+    adapters = {d: b.tuned(d, base, base_loss, spec.domains.index(d), lora=True) for d in spec.lora_domains}
     info = {
         "tunelens_version": __version__,
         "spec": spec.key()["spec"],
@@ -421,6 +466,7 @@ def _build(spec: ZooSpec, root: Path, quiet: bool, force: bool, t0: float) -> Zo
         "root": str(root),
         "base": str(base),
         "tuned": {d: d for d in spec.domains},
+        "adapters": {d: lora_folder(d) for d in spec.lora_domains},
         "tasks": {n: str(p.relative_to(root / "tasks")) for n, p in tasks.items()},
         "corpus": {d: str(p.relative_to(root)) for d, p in corpus.items()},
         "heldout_loss": {
@@ -431,6 +477,10 @@ def _build(spec: ZooSpec, root: Path, quiet: bool, force: bool, t0: float) -> Zo
             "tuned": {
                 d: json.loads((root / d / "tunelens.json").read_text())["heldout_loss"]["by_domain"]
                 for d in spec.domains
+            },
+            "lora": {
+                d: json.loads((root / lora_folder(d) / "tunelens.json").read_text())["heldout_loss"]["by_domain"]
+                for d in spec.lora_domains
             },
         },
         "build": {
@@ -444,7 +494,7 @@ def _build(spec: ZooSpec, root: Path, quiet: bool, force: bool, t0: float) -> Zo
     }
     write_text_atomic(root / "zoo.json", json.dumps(info, indent=1) + "\n")
     _say(quiet, f"zoo ready in {root} ({info['build']['wall_seconds']} s)")
-    return Zoo(root=root, base=base, tuned=tuned, tasks=tasks, corpus=corpus)
+    return Zoo(root=root, base=base, tuned=tuned, adapters=adapters, tasks=tasks, corpus=corpus)
 
 
 def _threads() -> int:

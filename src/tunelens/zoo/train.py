@@ -10,10 +10,12 @@ greedily, whole examples only, into rows of ``seq_len`` tokens (an example longe
 is cut into ``seq_len`` pieces); the rest of a row is right padding (attention mask 0, label −100).
 Each step takes ``batch_size`` rows.
 
-**Optimizer.** ``torch.optim.AdamW`` (betas 0.9/0.999, eps 1e-8, ``weight_decay``) on every parameter
-(nothing frozen; the tied embedding / LM head included), linear warm-up over ``warmup`` steps, then
-cosine decay to ``lr_floor · lr``; gradient norm clipped at ``grad_clip``. Loss = mean cross-entropy
-over target tokens of the batch (transformers' causal-LM loss). Deterministic algorithms, seeded.
+**Optimizer.** ``torch.optim.AdamW(fused=True)`` (betas 0.9/0.999, eps 1e-8, ``weight_decay``) on every
+trainable parameter (a full fine-tune freezes nothing, the tied embedding / LM head included; a LoRA
+fine-tune trains its adapters only), linear warm-up over ``warmup`` steps, then cosine decay to
+``lr_floor · lr``; gradient norm clipped at ``grad_clip``. Loss = mean cross-entropy over target tokens of
+the batch (transformers' causal-LM loss, with the LM head applied to target positions only), float32
+throughout. Deterministic algorithms, seeded.
 
 **Held-out loss.** Mean next-token cross-entropy (nats) over the first ``eval_tokens`` target tokens of
 a domain's held-out documents (plain text, each followed by EOS, concatenated, cut into rows of
@@ -125,13 +127,21 @@ def lr_at(step: int, *, steps: int, lr: float, warmup: int, floor: float) -> flo
 
 @contextmanager
 def deterministic(seed: int) -> Iterator[None]:
+    """Deterministic algorithms and a seeded generator. ``fill_uninitialized_memory`` (which deterministic
+    mode turns on: every new tensor filled with NaN first, a debugging aid that changes no result) is off:
+    it cost ~10% of a training step's CPU time (torch.profiler, ``aten::fill_``)."""
+    import torch.utils.deterministic
+
     prev = torch.are_deterministic_algorithms_enabled()
+    prev_fill = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
     torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     torch.manual_seed(seed)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(prev)
+        torch.utils.deterministic.fill_uninitialized_memory = prev_fill  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -158,8 +168,10 @@ def fine_tune(
     seed: int,
     quiet: bool,
     desc: str,
+    device: str = "cpu",
 ) -> TrainResult:
-    """Train ``model`` in place on ``packed`` (``steps × batch_size`` rows)."""
+    """Train ``model``'s trainable parameters in place on ``packed`` (``steps × batch_size`` rows), on
+    ``device``. The LM head runs on target positions only (:func:`target_loss`)."""
     import time
 
     t0 = time.perf_counter()
@@ -169,22 +181,22 @@ def fine_tune(
         model.train()
         model.config.use_cache = False
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
+        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay, fused=True)
         bar = tqdm(range(steps), desc=desc, disable=quiet or not sys.stderr.isatty(), leave=False)
         for step in bar:
             sl = slice(step * batch_size, (step + 1) * batch_size)
-            ids = torch.tensor(packed.input_ids[sl], dtype=torch.long)
-            labels = torch.tensor(packed.labels[sl], dtype=torch.long)
-            mask = torch.tensor(packed.attention[sl], dtype=torch.long)
+            ids = torch.tensor(packed.input_ids[sl], dtype=torch.long, device=device)
+            labels = torch.tensor(packed.labels[sl], dtype=torch.long, device=device)
+            mask = torch.tensor(packed.attention[sl], dtype=torch.long, device=device)
             cur = lr_at(step, steps=steps, lr=lr, warmup=warmup, floor=lr_floor)
             for g in opt.param_groups:
                 g["lr"] = cur
-            out = model(input_ids=ids, attention_mask=mask, labels=labels)
-            out.loss.backward()
+            loss = target_loss(model, ids, mask, labels)
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(out.loss.detach()))
+            losses.append(float(loss.detach()))
             lrs.append(cur)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.close()
@@ -201,10 +213,24 @@ def fine_tune(
     )
 
 
-def heldout_loss(model: Any, tokenizer: Any, items: list[Item], *, seq_len: int, max_tokens: int) -> dict[str, Any]:
+def target_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """transformers' causal-LM loss — mean cross-entropy (float32 logits) of next-token predictions over the
+    positions whose shifted label is not −100 — with the LM head applied to those positions only (the
+    decoder's hidden states of context and padding positions never reach the vocabulary projection)."""
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, d]
+    shifted = labels[:, 1:]  # [B, T-1]
+    keep = shifted != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # [targets, vocab]
+    return torch.nn.functional.cross_entropy(logits.float(), shifted[keep])
+
+
+def heldout_loss(
+    model: Any, tokenizer: Any, items: list[Item], *, seq_len: int, max_tokens: int, device: str = "cpu"
+) -> dict[str, Any]:
     """Mean next-token cross-entropy over the first ``max_tokens`` targets
     (:func:`tunelens.evaluation.perplexity.heldout_nll`, the same numbers as an evaluate perplexity task)."""
     from tunelens.evaluation.perplexity import heldout_nll
 
-    res = heldout_nll(model, tokenizer, [it.text for it in items], seq_len=seq_len, max_tokens=max_tokens)
+    texts = [it.text for it in items]
+    res = heldout_nll(model, tokenizer, texts, seq_len=seq_len, max_tokens=max_tokens, device=device)
     return {k: res[k] for k in ("loss", "tokens", "documents", "definition")}
