@@ -251,7 +251,7 @@ def test_demo_config_on_a_zoo(zoo: Zoo) -> None:
     from tunelens.evaluation.tasks import resolve_task
     from tunelens.study.demo import demo_config
 
-    cfg = demo_config(zoo)
+    cfg = demo_config(zoo, lora=False)
     names = [m.name for m in cfg.models]
     assert names == ["base", *zoo.tuned]
     heldout = [Path(t) for t in cfg.tasks if Path(t).name.startswith("heldout_")]
@@ -259,11 +259,11 @@ def test_demo_config_on_a_zoo(zoo: Zoo) -> None:
     assert {e.name for e in cfg.edits} >= {f"{d}-negated" for d in zoo.tuned}
     assert cfg.sweep is not None and set(cfg.sweep.scales).isdisjoint({0.0, 1.0, -1.0})
     assert "spectrum" in cfg.stages and not cfg.subspace.tau_spectrum  # the spectrum stage has tau's ranks
-    with_lora = demo_config(zoo, lora=True)
+    with_lora = demo_config(zoo)  # the default: LoRA next to full
     assert [m.name for m in with_lora.models] == ["base", "medical", "medical-lora", "math", "code"]
     assert next(m.path for m in with_lora.models if m.name == "medical-lora") == zoo.adapters["medical"]
     assert [e.name for e in with_lora.edits] == [e.name for e in cfg.edits]
-    assert demo_config(zoo).tasks == cfg.tasks  # the task files are written once, unchanged on a rerun
+    assert demo_config(zoo, lora=False).tasks == cfg.tasks  # the task files are written once, unchanged on a rerun
     # the base's held-out loss through evaluate equals the zoo's own measurement (--limit does not apply)
     lm = load_model(zoo.base, dtype="float32", device="cpu")
     expected = zoo.info()["heldout_loss"]["base"]

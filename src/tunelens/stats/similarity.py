@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tunelens.stats.accumulate import Sums
+from tunelens.stats.accumulate import CHUNK, Sums
 
 DEFINITIONS: dict[str, str] = {
     "tuning_vector": "tau = theta_ft - theta_pre per tensor, computed in float32",
@@ -19,7 +19,8 @@ DEFINITIONS: dict[str, str] = {
     "group's size D (null mean 0)",
     "baseline_signflip_std": "sqrt(sum tau_i^2 tau_j^2) / (|tau_i||tau_j|): exact std of the cosine when "
     "tau_j's element signs are flipped at random (measured control, null mean 0)",
-    "accumulation": "products in float32 (exact for bf16/fp16 inputs), sums in float64, per 2^20-element chunk",
+    "accumulation": "products in float32 (exact for bf16/fp16 inputs), sums in float64, per "
+    f"2^{CHUNK.bit_length() - 1}-element chunk",
     "fused_tensors": "Phi-3 qkv_proj / gate_up_proj and GPT-2 c_attn split into q,k,v / gate,up by the config's "
     "head counts; GPT-2 Conv1D weights are [in, out] (transpose-invariant here)",
     "tied_weights": "a tied lm_head is reported once, as embed",

@@ -19,11 +19,10 @@ if TYPE_CHECKING:
 # slowest multiple-choice task (~37 s per model).
 DEMO_TASKS = ("hpo_term", "format_hpo", "champ_answer", "code_line")
 
-#: The switch for the LoRA model of the demo. While False, the demo studies the full fine-tunes only; flip it
-#: to True once every stage reads PEFT adapter folders (issue 13: the one tau source), and the demo adds
-#: ``<domain>-lora`` (the zoo's LoRA fine-tune of that domain, same rows, steps and tokens as the full one)
-#: right after ``<domain>``, comparing LoRA and full fine-tuning on every measure.
-STUDY_READS_ADAPTERS = False
+#: Whether the demo studies the zoo's LoRA adapters: every stage reads PEFT adapter folders (the one tau
+#: source), so the demo adds ``<domain>-lora`` (the zoo's LoRA fine-tune of that domain, same rows, steps and
+#: tokens as the full one) right after ``<domain>``, comparing LoRA and full fine-tuning on every measure.
+STUDY_READS_ADAPTERS = True
 
 
 def heldout_tasks(zoo: Zoo) -> list[Path]:
