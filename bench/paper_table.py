@@ -116,7 +116,18 @@ def _scores(study: Study, run: str, task: str) -> cmp.Scores | None:
     return sc.get(("as_loaded", task)) or sc.get(("edited", task))
 
 
-def weight_rows(folder: Path) -> list[tuple[str, str, str]]:
+def lora_pairs(study: Study) -> dict[str, str]:
+    """{LoRA model: its full fine-tune} for every model of the study that is a PEFT adapter folder and has a
+    model named like it without the ``-lora`` suffix (the zoo's pair: same rows, steps and tokens)."""
+    models = {m["name"]: Path(m["path"]) for m in study.config["models"]}
+    return {
+        n: n.removesuffix("-lora")
+        for n, p in models.items()
+        if (p / "adapter_config.json").is_file() and n.endswith("-lora") and n.removesuffix("-lora") in models
+    }
+
+
+def weight_rows(folder: Path, lora: dict[str, str]) -> list[tuple[str, str, str]]:
     diff = json.loads((folder / "diff" / "summary.json").read_text())
     ssa = json.loads((folder / "subspace" / "summary.json").read_text())
     act = json.loads((folder / "activations" / "activations.json").read_text())
@@ -133,14 +144,14 @@ def weight_rows(folder: Path) -> list[tuple[str, str, str]]:
 
     vc = diff["vector_cosine"]["without_embeddings"]
     names = diff["vector_cosine"]["names"]
-    pairs = [(names[i], names[j], vc["matrix"][i][j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+    full = [i for i, n in enumerate(names) if n not in lora]  # domain vectors: the full fine-tunes
+    pairs = [(names[i], names[j], vc["matrix"][i][j]) for i in full for j in full if i < j]
     std = vc["baseline"]["random_std"]
     worst = max(abs(c) for _, _, c in pairs)
     rows.append((
         "domain vectors nearly orthogonal",
         ", ".join(f"{a}·{b} {c:.4f}" for a, b, c in pairs) + f" (random-direction std {std:.1e}; with embeddings "
-        + ", ".join(f"{diff['vector_cosine']['matrix'][i][j]:.3f}" for i in range(len(names))
-                    for j in range(i + 1, len(names))) + ")",
+        + ", ".join(f"{diff['vector_cosine']['matrix'][i][j]:.3f}" for i in full for j in full if i < j) + ")",
         f"{'yes' if worst < NEAR_ORTHOGONAL else 'no'}: largest |cosine| {worst:.3f} (threshold {NEAR_ORTHOGONAL}), "
         f"{worst / std:.0f}× the random-direction std",
     ))  # fmt: skip
@@ -172,6 +183,68 @@ def weight_rows(folder: Path) -> list[tuple[str, str, str]]:
         f"{'yes' if below == len(dists) else 'no'}: {below}/{len(dists)} mean distances below {PAPER_DISTANCE}",
     ))  # fmt: skip
     return rows
+
+
+def lora_rows(study: Study, lora: dict[str, str]) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
+    """LoRA against full fine-tuning of the same domain on the same rows (not in the paper; Shuttleworth et
+    al. 2024, "LoRA vs full fine-tuning: an illusion of equivalence"): the weight-space measures side by side,
+    and paired tests of LoRA against full on the domain's tasks."""
+    folder = study.folder
+    diff = json.loads((folder / "diff" / "summary.json").read_text())
+    spec = json.loads((folder / "spectrum" / "summary.json").read_text()) if (folder / "spectrum").is_dir() else None
+    ssa = json.loads((folder / "subspace" / "summary.json").read_text())
+    act = json.loads((folder / "activations" / "activations.json").read_text())
+    by_model = {m["name"]: m for m in diff["models"]}
+    names = diff["vector_cosine"]["names"]
+    matrix = diff["vector_cosine"]["without_embeddings"]["matrix"]
+    crit = next(iter(ssa["table4"]))
+    ratio = {r["model"]: r["ratio"] for r in ssa["table4"][crit]["rows"] if r["share"] == "both"}
+    spectra = {m["name"]: m["by_group"]["all"] for m in spec["models"]} if spec else {}
+    dist = {p["b"]: p["mean"] for p in act["pairs"] if p["a"] == act["models"][0]["name"]}
+    rows: list[tuple[str, str, str]] = []
+    comps: list[dict[str, Any]] = []
+    for lo, fu in lora.items():
+        domain_tasks = study.tasks_of(fu) or study.tasks_of(fu.split("-")[0])
+        found = comparisons(study, [(fu, lo, t) for t in domain_tasks])
+        comps += found.values()
+        cells = [
+            f"cosine to the base without embeddings {100 * by_model[lo]['without_embeddings']['cosine']:.4f} % vs "
+            f"{100 * by_model[fu]['without_embeddings']['cosine']:.4f} %",
+            f"‖τ‖/‖θ‖ {by_model[lo]['global']['relative_change']:.2e} vs "
+            f"{by_model[fu]['global']['relative_change']:.2e}",
+            f"cosine(τ_LoRA, τ_full) {matrix[names.index(lo)][names.index(fu)]:.3f}",
+        ]
+        if lo in ratio and fu in ratio:
+            att, mlp = ["W_Q", "W_K", "W_V", "W_O"], ["W_gate", "W_up", "W_down"]
+
+            def mean(model: str, cols: list[str]) -> float:
+                vals = [ratio[model][c] for c in cols if ratio[model].get(c) is not None]
+                return sum(vals) / len(vals) if vals else math.nan
+
+            cells.append(f"SSA two-sided ratio attention {mean(lo, att):.2f}× / MLP {mean(lo, mlp):.2f}× vs "
+                         f"{mean(fu, att):.2f}× / {mean(fu, mlp):.2f}×")  # fmt: skip
+        verdict = []
+        if lo in spectra and fu in spectra and "mean" in spectra[lo] and "mean" in spectra[fu]:
+            el, ef = spectra[lo]["mean"]["effective_rank"], spectra[fu]["mean"]["effective_rank"]
+            il, i_f = spectra[lo]["intruders_total"], spectra[fu]["intruders_total"]
+            cells.append(f"τ's mean effective rank {el:.1f} vs {ef:.1f}, intruder dimensions {il} vs {i_f} "
+                         f"(k = {spec['options']['intruder_k']}, ε = {spec['options']['intruder_eps']})")  # fmt: skip
+            verdict.append(f"τ of LoRA has {el / ef:.2f}× the effective rank of the full fine-tune's and "
+                           f"{'more' if il > i_f else 'no more'} intruder dimensions ({il} vs {i_f})")  # fmt: skip
+        if lo in dist and fu in dist:
+            cells.append(f"FFN activation edit distance to the base {dist[lo]:.3f} vs {dist[fu]:.3f}")
+        for t in domain_tasks:
+            for m in study.metrics[t]:
+                cells.append(_cell(study, [fu, lo], t, m))
+        up, down, same = _tally(list(found.values()))
+        verdict.append(f"on the domain's tasks LoRA is better in {up}/{len(found)} paired comparisons with the full "
+                       f"fine-tune, worse in {down}, no detectable change in {same} (Holm p < {ALPHA})")  # fmt: skip
+        rows.append((
+            f"(not in the paper) LoRA vs full fine-tuning of {fu}, same rows, steps and tokens",
+            "; ".join(cells) + f" ({lo} vs {fu})",
+            "; ".join(verdict),
+        ))  # fmt: skip
+    return rows, comps
 
 
 def _tally(rows: list[dict[str, Any]]) -> tuple[int, int, int]:
@@ -305,9 +378,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the rows and the comparisons behind them")
     args = ap.parse_args()
     study = Study(args.folder)
-    rows = weight_rows(args.folder)
+    lora = lora_pairs(study)
+    rows = weight_rows(args.folder, lora)
     ev_rows, comps = evaluation_rows(study)
     rows += ev_rows
+    lo_rows, lo_comps = lora_rows(study, lora)
+    rows += lo_rows
+    comps += lo_comps
     print("| paper's finding | this study measured | holds here? |")
     print("|---|---|---|")
     for a, b, c in rows:

@@ -16,7 +16,7 @@ from tunelens.checkpoints.index import Checkpoint, open_checkpoint
 from tunelens.checkpoints.output import atomic_dir, check_target
 from tunelens.config import ReadOptions, Selection, check_device
 from tunelens.provenance import RunClock
-from tunelens.report.tables import write_csv, write_json
+from tunelens.records import write_csv, write_json
 from tunelens.stats.diff import TENSOR_COLUMNS, DiffResult
 from tunelens.stats.diff import diff as _diff
 from tunelens.stats.similarity import DEFINITIONS

@@ -179,7 +179,7 @@ def test_full_disk(cmd: str, copies: tuple[Path, Path], corpus_file: Path, tmp_p
 
 CTRL_C = """
 import os, signal, time
-import tunelens.report.tables as _tables
+import tunelens.records as _tables
 _real = _tables.write_json
 def _interrupted(path, data):
     _real(path, data)

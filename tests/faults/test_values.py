@@ -23,7 +23,7 @@ import torch
 from click.testing import CliRunner
 
 from tunelens.cli import cli
-from tunelens.report.tables import NONFINITE_KEY, write_csv, write_json
+from tunelens.records import NONFINITE_KEY, write_csv, write_json
 from tunelens.stats.accumulate import Sums, part_sums
 from tunelens.stats.similarity import metrics, random_std, signflip_std, vector_cosine
 from tunelens.testing import perturb

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tunelens.frames.tidy import column, csv_frame, frame, read_csv
-from tunelens.report.tables import write_csv
+from tunelens.records import write_csv
 
 
 def _bits(x: float) -> bytes:

@@ -80,4 +80,15 @@ def test_table_verdicts_follow_the_comparisons(paper_table: ModuleType, tmp_path
     sys.argv = ["paper_table.py", str(tmp_path / "study"), "--json", str(out)]
     paper_table.main()
     saved = json.loads(out.read_text())
-    assert len(saved["rows"]) == 6 and all(row[2] for row in saved["rows"])
+    assert len(saved["rows"]) == 7 and all(row[2] for row in saved["rows"])
+    # LoRA vs full: the adapter is found from its folder, and its verdict counts its own paired comparisons
+    lora = paper_table.lora_pairs(study)
+    assert lora == {"medical-lora": "medical"}
+    lo_rows, lo_comps = paper_table.lora_rows(study, lora)
+    assert saved["rows"][-1] == list(lo_rows[0])
+    assert lo_comps and {(c["a"], c["b"]) for c in lo_comps} == {("medical", "medical-lora")}
+    up, down, same = paper_table._tally(lo_comps)
+    assert (
+        f"better in {up}/{len(lo_comps)} paired comparisons" in lo_rows[0][2] and f"worse in {down}," in lo_rows[0][2]
+    )
+    assert "medical·medical-lora" not in saved["rows"][1][1]  # domain vectors: the full fine-tunes only

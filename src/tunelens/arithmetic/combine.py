@@ -33,7 +33,7 @@ from tunelens.config import ReadOptions
 from tunelens.errors import TunelensError
 from tunelens.jobs import run_stage
 from tunelens.provenance import RunClock
-from tunelens.report.tables import write_json
+from tunelens.records import write_json
 from tunelens.vectors.source import NONFINITE_HINT, TauSource
 
 OUT_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

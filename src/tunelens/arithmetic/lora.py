@@ -32,7 +32,7 @@ from tunelens.config import ReadOptions
 from tunelens.errors import TunelensError
 from tunelens.jobs import iter_jobs
 from tunelens.provenance import RunClock
-from tunelens.report.tables import write_csv, write_json
+from tunelens.records import write_csv, write_json
 from tunelens.vectors.source import TauSource, require_finite, tau_definition
 
 LORA_COLUMNS = (

@@ -66,6 +66,9 @@ def apply_cmd(base: str | None, vectors: tuple[str, ...], out: Path, recipe: Pat
     byte for byte. Writes sharded safetensors + index, config, tokenizer, generation config, a
     model card and tunelens.json (recipe, lambdas, masks, inputs' sha256, dtypes, skipped tensors).
     """
+    from tunelens.checkpoints.prefetch import prefetch
+
+    prefetch([*([base] if base else []), *vectors])  # the disk starts while torch imports
     from tunelens import api
     from tunelens.arithmetic.spec import (
         build_recipe,

@@ -41,6 +41,9 @@ def spectrum_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> Non
 
     Writes spectrum.csv and summary.json; prints per-component means.
     """
+    from tunelens.checkpoints.prefetch import prefetch
+
+    prefetch([base, *tuned])  # the disk starts while torch imports
     from tunelens import api
     from tunelens.config import Selection, parse_components, parse_layers
 

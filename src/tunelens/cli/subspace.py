@@ -72,6 +72,9 @@ def subspace_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> Non
 
     Writes subspace.csv and summary.json; prints a Table-4-style view.
     """
+    from tunelens.checkpoints.prefetch import prefetch
+
+    prefetch([base, *tuned])  # the disk starts while torch imports
     from tunelens import api
     from tunelens.config import Selection, parse_components, parse_layers
 

@@ -53,6 +53,9 @@ def diff_cmd(base: str, tuned: tuple[str, ...], out: Path, force: bool, device: 
 
     Writes tensors.csv and summary.json.
     """
+    from tunelens.checkpoints.prefetch import prefetch
+
+    prefetch([base, *tuned])  # the disk starts while torch imports
     from tunelens import api
 
     options = make_read_options(kw)

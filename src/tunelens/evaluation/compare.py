@@ -286,7 +286,7 @@ def compare_runs(
 
 def write_comparisons(folder: Path, result: CompareResult) -> None:
     """``comparisons.csv`` and ``comparisons.json`` (rows with their definitions and settings) into ``folder``."""
-    from tunelens.report.tables import write_csv, write_json
+    from tunelens.records import write_csv, write_json
 
     write_csv(folder / "comparisons.csv", result.rows, COMPARISON_COLUMNS)
     write_json(folder / "comparisons.json", result.summary)

@@ -31,7 +31,7 @@ from tunelens.evaluation.run import AS_LOADED, Extra, RunOptions, Variant, run_a
 from tunelens.evaluation.stats import StatsOptions
 from tunelens.evaluation.tasks import ChatMode, TaskSpec, resolve_task
 from tunelens.provenance import RunClock
-from tunelens.report.tables import write_csv, write_json
+from tunelens.records import write_csv, write_json
 
 RESULT_COLUMNS = ("model", "variant", "task", "metric", "value", "n", "stderr", "ci_low", "ci_high")
 
