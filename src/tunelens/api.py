@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,24 +72,58 @@ def diff(
     selection = selection or Selection()
     if out is not None:
         check_target(Path(out), force, inputs=[base, *tuned])
-    clock = RunClock()
-    b = _open(base, options)
-    ts = _open_tuned(tuned, options, "diff")
-    selection.check([b, *ts])
-    result = _diff(b, ts, selection=selection, options=options, device=device)
-    meta = clock.metadata(
-        [b.describe(), *(t.describe() for t in ts)],
+    result: DiffResult = _weight_stage(
+        "diff",
+        base,
+        tuned,
+        lambda b, ts: _diff(b, ts, selection=selection, options=options, device=device),
+        out=out,
+        force=force,
+        options=options,
+        selection=selection,
+        table=("tensors.csv", TENSOR_COLUMNS),
         definitions=DEFINITIONS,
-        selection=selection.describe(),
-        alignment=result.alignment.report(),
         compute_dtype="float32 products, float64 sums",
         device=device,
         executor=options.executor,
     )
-    result.summary.update(meta)
+    return result
+
+
+def _weight_stage(
+    what: str,
+    base: str | Path | Checkpoint,
+    tuned: list[str | Path | Checkpoint] | tuple[str | Path | Checkpoint, ...],
+    run: Callable[[Checkpoint, list[Checkpoint]], Any],
+    *,
+    out: str | Path | None,
+    force: bool,
+    options: ReadOptions,
+    selection: Selection,
+    table: tuple[str, tuple[str, ...]],
+    definitions: dict[str, str] | None = None,
+    **metadata: Any,
+) -> Any:
+    """Open BASE and TUNED, refuse an empty selection, ``run`` the stage, add the run's metadata to its
+    summary and (with ``out``) write the row table and ``summary.json`` — diff, subspace and spectrum."""
+    clock = RunClock()
+    b = _open(base, options)
+    ts = _open_tuned(tuned, options, what)
+    selection.check([b, *ts])
+    result = run(b, ts)
+    result.summary.update(
+        clock.metadata(
+            [b.describe(), *(t.describe() for t in ts)],
+            **({"definitions": definitions} if definitions is not None else {}),
+            selection=selection.describe(),
+            alignment=result.alignment.report(),
+            **metadata,
+        )
+    )
     if out is not None:
+        name, columns = table
         with atomic_dir(Path(out), force=force, inputs=[b, *ts]) as tmp:
-            write_csv(tmp / "tensors.csv", result.rows, TENSOR_COLUMNS)
+            write_csv(tmp / name, result.rows, columns)
             write_json(tmp / "summary.json", result.summary)
     return result
 
@@ -260,24 +295,18 @@ def subspace(
         cache=BasisCache(folder),
         device=check_device(device),
     )
-    clock = RunClock()
-    b = _open(base, options)
-    ts = _open_tuned(tuned, options, "subspace")
-    selection.check([b, *ts])
-    result = _subspace(b, ts, selection=selection, read=options, opts=opts)
-    result.summary.update(
-        clock.metadata(
-            [b.describe(), *(t.describe() for t in ts)],
-            selection=selection.describe(),
-            alignment=result.alignment.report(),
-            compute_dtype="basis float64 (U, V used in float32); projections float32, sums float64",
-        )
+    return _weight_stage(
+        "subspace",
+        base,
+        tuned,
+        lambda b, ts: _subspace(b, ts, selection=selection, read=options, opts=opts),
+        out=out,
+        force=force,
+        options=options,
+        selection=selection,
+        table=("subspace.csv", SUBSPACE_COLUMNS),
+        compute_dtype="basis float64 (U, V used in float32); projections float32, sums float64",
     )
-    if out is not None:
-        with atomic_dir(Path(out), force=force, inputs=[b, *ts]) as tmp:
-            write_csv(tmp / "subspace.csv", result.rows, SUBSPACE_COLUMNS)
-            write_json(tmp / "summary.json", result.summary)
-    return result
 
 
 def spectrum(
@@ -320,23 +349,18 @@ def spectrum(
         method=method,  # type: ignore[arg-type]  # validated by SpectrumOptions
         cache=BasisCache(folder),
     )
-    clock = RunClock()
-    b = _open(base, options)
-    ts = _open_tuned(tuned, options, "spectrum")
-    result = _spectrum(b, ts, selection=selection, read=options, opts=opts)
-    result.summary.update(
-        clock.metadata(
-            [b.describe(), *(t.describe() for t in ts)],
-            selection=selection.describe(),
-            alignment=result.alignment.report(),
-            compute_dtype="tau float32; singular values and vectors float64 (Gram products formed in float64)",
-        )
+    return _weight_stage(
+        "spectrum",
+        base,
+        tuned,
+        lambda b, ts: _spectrum(b, ts, selection=selection, read=options, opts=opts),
+        out=out,
+        force=force,
+        options=options,
+        selection=selection,
+        table=("spectrum.csv", SPECTRUM_COLUMNS),
+        compute_dtype="tau float32; singular values and vectors float64 (Gram products formed in float64)",
     )
-    if out is not None:
-        with atomic_dir(Path(out), force=force, inputs=[b, *ts]) as tmp:
-            write_csv(tmp / "spectrum.csv", result.rows, SPECTRUM_COLUMNS)
-            write_json(tmp / "summary.json", result.summary)
-    return result
 
 
 def evaluate(

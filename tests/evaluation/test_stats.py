@@ -28,6 +28,7 @@ def test_wilson_equals_scipy_and_its_formula(k: int, n: int, level: float) -> No
     center, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     assert lo == pytest.approx(max(0.0, (center - half) / (1 + z * z / n)), abs=1e-12)
     assert hi == pytest.approx(min(1.0, (center + half) / (1 + z * z / n)), abs=1e-12)
+    assert lo <= p <= hi  # exactly, bounds included: an error bar is never negative (k = n: hi is 1.0, not 1 − ulp)
     assert stats.wilson(0, 0) == (None, None)
 
 

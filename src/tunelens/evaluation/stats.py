@@ -73,7 +73,10 @@ def wilson(k: float, n: int, level: float = 0.95) -> tuple[float | None, float |
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
+    # at k = 0 / k = n the bound is exactly 0 / 1 (the formula leaves it an ulp short, outside p itself)
+    low = 0.0 if k <= 0 else max(0.0, center - half)
+    high = 1.0 if k >= n else min(1.0, center + half)
+    return low, high
 
 
 def _as_arrays(num: Sequence[float], den: Sequence[float] | None) -> tuple[Array, Array]:

@@ -77,9 +77,10 @@ Interval = tuple[float, float] | None  # (low, high) of an error bar, absolute; 
 
 
 def _yerr(values: Sequence[float], intervals: Sequence[Interval]) -> list[list[float]]:
-    """matplotlib's asymmetric ``yerr`` ([below], [above]) from absolute intervals (0 where there is none)."""
-    below = [v - iv[0] if iv is not None else 0.0 for v, iv in zip(values, intervals, strict=True)]
-    above = [iv[1] - v if iv is not None else 0.0 for v, iv in zip(values, intervals, strict=True)]
+    """matplotlib's asymmetric ``yerr`` ([below], [above]) from absolute intervals (0 where there is none, and
+    where rounding puts a bound an ulp past its value)."""
+    below = [max(0.0, v - iv[0]) if iv is not None else 0.0 for v, iv in zip(values, intervals, strict=True)]
+    above = [max(0.0, iv[1] - v) if iv is not None else 0.0 for v, iv in zip(values, intervals, strict=True)]
     return [below, above]
 
 

@@ -10,6 +10,7 @@ the one ``subspace`` computes and caches (:mod:`.subspace_basis`: same key, same
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import Counter
@@ -24,8 +25,6 @@ from tunelens.checkpoints.naming import Part
 from tunelens.checkpoints.stream import select_part, to_out_in
 from tunelens.config import ReadOptions, Selection
 from tunelens.errors import TunelensError
-from tunelens.jobs import run_stage
-from tunelens.stats.accumulate import single_threaded
 from tunelens.stats.spectrum_math import (
     LowRank,
     Tau,
@@ -42,7 +41,7 @@ from tunelens.stats.spectrum_math import (
     tau_svd,
     top_left_vectors,
 )
-from tunelens.stats.subspace import SSA_COMPONENTS, PartPlan, PassStats, load_or_build, part_shape, plan_parts
+from tunelens.stats.subspace import SSA_COMPONENTS, PartPlan, PassStats, load_or_build, part_pass, part_shape
 from tunelens.stats.subspace_basis import Basis, BasisCache, BasisKey, Method, content_hash, resolve_method
 from tunelens.vectors.source import NONFINITE_HINT, TauSource, require_finite
 
@@ -273,21 +272,6 @@ def measure(w: torch.Tensor, basis: Basis, tau: Tau, opts: SpectrumOptions) -> t
     return row, tsvd.method
 
 
-@dataclass
-class SpectrumWork:
-    """The per-tensor job of ``spectrum``: picklable (plan, options and cache folder only)."""
-
-    source: TauSource
-    plans: dict[str, tuple[PartPlan, ...]]
-    opts: SpectrumOptions
-
-    def __call__(self, job: AlignedTensor) -> tuple[list[dict[str, Any]], SpectrumStats]:
-        return analyse_tensor(self.source, job, self.plans[job.name], self.opts)
-
-    def close(self) -> None:
-        self.source.close()
-
-
 # --- aggregation ----------------------------------------------------------------------------------------
 
 
@@ -415,18 +399,9 @@ def spectrum(
     Embeddings are never analysed, so a vocabulary resize only skips them (``vocab="skip"``).
     """
     alignment = align(base, tuned, vocab="skip", missing=read.missing)
-    plans = plan_parts(alignment, selection, opts.per_head)
-    if not plans:
-        raise TunelensError("no 2-D q/k/v/o/gate/up/down weights selected: nothing to analyse")
-    jobs = [j for j in alignment.tensors if j.name in plans]
-    n = len(alignment.others)
-    work = SpectrumWork(TauSource(alignment, read.allow_nonfinite), plans, opts)
-    try:
-        with single_threaded():  # tensors in parallel, one BLAS thread each (as subspace)
-            results = run_stage(jobs, work, read, desc="spectrum", weight=lambda j: j.base.nbytes * (1 + n),
-                                ranges=AlignedTensor.byte_ranges)  # fmt: skip
-    finally:
-        work.close()
+    results, excluded = part_pass(
+        alignment, selection, read, opts.per_head, "spectrum", functools.partial(analyse_tensor, opts=opts)
+    )
     stats = SpectrumStats()
     rows: list[dict[str, Any]] = []
     for r, s in results:
@@ -450,13 +425,7 @@ def spectrum(
         "spectrum_seconds": round(stats.spectrum_seconds, 3),
         "seconds_note": "summed over worker threads",
     }
-    summary["excluded"] = dict(
-        Counter(
-            "1-D (bias/norm): never SVD-analysed" if len(j.base.shape) != 2 else "not selected"
-            for j in alignment.tensors
-            if j.name not in plans and any(p.component in SSA_COMPONENTS for p in j.parts)
-        )
-    )
+    summary["excluded"] = excluded
     summary["options"] = {
         "intruder_k": opts.intruder_k,
         "intruder_eps": opts.intruder_eps,

@@ -15,11 +15,13 @@ or computed (and cached), then each model's τ is projected; :func:`summarize` a
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import torch
 
@@ -46,6 +48,8 @@ from tunelens.stats.subspace_basis import (
 from tunelens.vectors.source import NONFINITE_HINT, TauSource, require_finite
 
 SSA_COMPONENTS: tuple[Component, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+
+S = TypeVar("S")
 
 #: τ of one analysed part, ``[out, in]``: dense, or the factors ``(L [out, r], R [r, in])`` of ``L R``
 TauPart = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -443,29 +447,37 @@ class SubspacePass:
     excluded: dict[str, int]
 
 
+#: the analysis of one aligned tensor: (source, job, its planned parts) → (rows, counters)
+Analyse = Callable[[TauSource, AlignedTensor, tuple[PartPlan, ...]], tuple[list[dict[str, Any]], S]]
+
+
 @dataclass
-class SubspaceWork:
-    """The per-tensor job of ``subspace``: picklable (plan, options and cache folder only)."""
+class PartWork(Generic[S]):
+    """The per-tensor job of ``subspace`` and ``spectrum``: picklable (the plan, and ``analyse`` a
+    module-level function with its options bound)."""
 
     source: TauSource
     plans: dict[str, tuple[PartPlan, ...]]
-    opts: SubspaceOptions
+    analyse: Analyse[S]
 
-    def __call__(self, job: AlignedTensor) -> tuple[list[dict[str, Any]], PassStats]:
-        return analyse_tensor(self.source, job, self.plans[job.name], self.opts)
+    def __call__(self, job: AlignedTensor) -> tuple[list[dict[str, Any]], S]:
+        return self.analyse(self.source, job, self.plans[job.name])
 
     def close(self) -> None:
         self.source.close()
 
 
-def subspace_pass(alignment: Alignment, selection: Selection, read: ReadOptions, opts: SubspaceOptions) -> SubspacePass:
-    """Run SSA over every analysable part of ``alignment``; rows in tensor order."""
-    plans = plan_parts(alignment, selection, opts.per_head)
+def part_pass(
+    alignment: Alignment, selection: Selection, read: ReadOptions, per_head: bool, desc: str, analyse: Analyse[S]
+) -> tuple[list[tuple[list[dict[str, Any]], S]], dict[str, int]]:
+    """Run ``analyse`` over every analysable 2-D part of ``alignment`` (tensor order), one job per
+    tensor; and count the q/k/v/o/gate/up/down tensors left out, by reason."""
+    plans = plan_parts(alignment, selection, per_head)
     if not plans:
         raise TunelensError("no 2-D q/k/v/o/gate/up/down weights selected: nothing to analyse")
     jobs = [j for j in alignment.tensors if j.name in plans]
     n = len(alignment.others)
-    work = SubspaceWork(TauSource(alignment, read.allow_nonfinite), plans, opts)
+    work = PartWork(TauSource(alignment, read.allow_nonfinite), plans, analyse)
     try:
         # one intra-op thread per worker: tensors run in parallel instead, and a BLAS call's float sums do not
         # depend on how many threads were free when it ran (the same rows bit for bit, cached basis or not)
@@ -474,24 +486,32 @@ def subspace_pass(alignment: Alignment, selection: Selection, read: ReadOptions,
                 jobs,
                 work,
                 read,
-                desc="subspace",
+                desc=desc,
                 weight=lambda j: j.base.nbytes * (1 + n),
                 ranges=AlignedTensor.byte_ranges,
             )
     finally:
         work.close()
-    stats = PassStats()
-    rows: list[dict[str, Any]] = []
-    for r, s in results:
-        rows += r
-        stats.add(s)
     excluded = Counter(
         "1-D (bias/norm): never SVD-analysed" if len(j.base.shape) != 2 else "not selected"
         for j in alignment.tensors
         if j.name not in plans
         and any(p.component in SSA_COMPONENTS for p in j.parts)
     )  # fmt: skip
-    return SubspacePass(rows, stats, dict(excluded))
+    return results, dict(excluded)
+
+
+def subspace_pass(alignment: Alignment, selection: Selection, read: ReadOptions, opts: SubspaceOptions) -> SubspacePass:
+    """Run SSA over every analysable part of ``alignment``; rows in tensor order."""
+    results, excluded = part_pass(
+        alignment, selection, read, opts.per_head, "subspace", functools.partial(analyse_tensor, opts=opts)
+    )
+    stats = PassStats()
+    rows: list[dict[str, Any]] = []
+    for r, s in results:
+        rows += r
+        stats.add(s)
+    return SubspacePass(rows, stats, excluded)
 
 
 # --- aggregation ------------------------------------------------------------------------------------
