@@ -47,6 +47,7 @@ COMMANDS: dict[str, list[str]] = {
     "lora": ["lora", "BASE", "FT", "--rank", "2", "-q"],
     "apply": ["apply", "BASE", "-v", "FT:-1", "-q"],
     "subspace": ["subspace", "BASE", "FT", "--no-cache", "-q"],
+    "spectrum": ["spectrum", "BASE", "FT", "--no-cache", "-q"],
     "activations": ["activations", "BASE", "FT", "--corpus", "CORPUS", "--seq-len", "16", "--max-tokens", "32", "-q"],
     "evaluate": ["evaluate", "BASE", "-t", "TASK", "-q"],
     "study": ["study", "STUDY", "-q"],
@@ -91,6 +92,20 @@ def test_output_never_touches_an_input(
     inputs = [base, ft, *(p for p in tmp_path.iterdir() if p.is_file())]
     fault([*args, "-o", out, "--force"], inputs=inputs, match=match)
     fault([*args, "-o", out], inputs=inputs, match=match)  # without --force too
+
+
+@pytest.mark.parametrize(("where", "match"), [("run", "is the input"), ("run/cmp", "lies inside the input")])
+def test_compare_never_writes_into_a_run_it_reads(
+    where: str, match: str, copies: tuple[Path, Path], tmp_path: Path, fault: Any
+) -> None:
+    from tunelens.cli import cli
+
+    base, _ = copies
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["evaluate", str(base), "-t", str(_task(tmp_path)), "-o", str(run), "-q"])
+    assert res.exit_code == 0, res.output
+    inputs = [base, *(p for p in run.rglob("*") if p.is_file())]
+    fault(["compare", str(run), str(run), "-o", str(tmp_path / where), "--force"], inputs=inputs, match=match)
 
 
 def test_the_issue_reproductions(copies: tuple[Path, Path], tmp_path: Path, fault: Any) -> None:
