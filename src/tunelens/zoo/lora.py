@@ -8,6 +8,7 @@ initialisation (A Kaiming-uniform, B = 0, seeded) makes it start at τ = 0.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ def add_lora(model: Any, spec: ZooSpec, seed: int, base: Path) -> Any:
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, config)
+    with warnings.catch_warnings():  # PEFT asks transformers 5 a deprecated question; nothing for the user to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, config)
     peft_model.peft_config["default"].base_model_name_or_path = str(Path(base).resolve())
     return peft_model
 
