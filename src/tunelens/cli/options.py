@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
+
+from tunelens.errors import TunelensError
 
 F = Callable[..., Any]
 
@@ -131,3 +134,51 @@ def make_selection(kw: dict[str, Any]) -> Any:
         layers=parse_layers(kw.pop("layers")),
         embeddings=not kw.pop("no_embeddings"),
     )
+
+
+#: the 2-D weights subspace and spectrum analyse
+ANALYSED_COMPONENTS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def basis_options(fn: F) -> F:
+    """--per-head, --method, --cache-dir, --no-cache, --components, --layers: the options of the commands that
+    decompose the base's 2-D weights (subspace, spectrum), which share one decomposition cache."""
+    for deco in reversed(
+        [
+            click.option(
+                "--per-head", is_flag=True, help="Also report each attention head (q/k/v rows, o columns; GQA aware)."
+            ),
+            click.option(
+                "--method",
+                type=click.Choice(["auto", "gram", "svd"]),
+                default="auto",
+                show_default=True,
+                help="Exact basis: float64 Gram eigh, full float64 SVD, or pick by shape.",
+            ),
+            click.option(
+                "--cache-dir",
+                type=click.Path(path_type=Path),
+                help="Where base decompositions are cached, shared by subspace and spectrum "
+                "[default: $TUNELENS_CACHE/subspace or ~/.cache/tunelens/subspace].",
+            ),
+            click.option("--no-cache", is_flag=True, help="Neither read nor write the decomposition cache."),
+            click.option(
+                "--components", metavar="LIST", help="Only these of q,k,v,o,gate,up,down (or attention, mlp)."
+            ),
+            click.option("--layers", metavar="RANGES", help="Only these layers, e.g. 0-11 or 0,4,8."),
+        ]
+    ):
+        fn = deco(fn)
+    return fn
+
+
+def make_basis_selection(kw: dict[str, Any], command: str) -> Any:
+    """The :class:`~tunelens.config.Selection` of :func:`basis_options` (embeddings never analysed); a component
+    that is not a 2-D q/k/v/o/gate/up/down weight is one error line."""
+    from tunelens.config import Selection, parse_components, parse_layers
+
+    components = parse_components(kw["components"])
+    bad = [c for c in components or () if c not in ANALYSED_COMPONENTS]
+    if bad:
+        raise TunelensError(f"{command} analyses {','.join(ANALYSED_COMPONENTS)} only, not {', '.join(bad)}")
+    return Selection(components=components, layers=parse_layers(kw["layers"]), embeddings=False)

@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from tunelens.cli.options import make_read_options, read_options_without_vocab
-from tunelens.errors import TunelensError
+from tunelens.cli.options import basis_options, make_basis_selection, make_read_options, read_options_without_vocab
 
 
 @click.command(
@@ -24,14 +23,7 @@ from tunelens.errors import TunelensError
               help="An intruder has max |cos| below this with every left singular vector of W_pre.")  # fmt: skip
 @click.option("--amp-rank", type=int, default=16, show_default=True,
               help="r of the amplification factor |tau| / |U_r^T W V_r| (tau's own top-r directions).")  # fmt: skip
-@click.option("--per-head", is_flag=True, help="Also report each attention head (q/k/v rows, o columns; GQA aware).")
-@click.option("--method", type=click.Choice(["auto", "gram", "svd"]), default="auto", show_default=True,
-              help="Exact float64 decompositions: Gram eigh, full SVD, or pick by shape.")  # fmt: skip
-@click.option("--cache-dir", type=click.Path(path_type=Path),
-              help="Base decompositions, shared with subspace [default: $TUNELENS_CACHE/subspace].")  # fmt: skip
-@click.option("--no-cache", is_flag=True, help="Neither read nor write the decomposition cache.")
-@click.option("--components", metavar="LIST", help="Only these of q,k,v,o,gate,up,down (or attention, mlp).")
-@click.option("--layers", metavar="RANGES", help="Only these layers, e.g. 0-11 or 0,4,8.")
+@basis_options
 @read_options_without_vocab
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def spectrum_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> None:
@@ -45,13 +37,9 @@ def spectrum_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> Non
 
     prefetch([base, *tuned])  # the disk starts while torch imports
     from tunelens import api
-    from tunelens.config import Selection, parse_components, parse_layers
 
     options = make_read_options(kw)
-    components = parse_components(kw["components"])
-    bad = [c for c in components or () if c not in ("q", "k", "v", "o", "gate", "up", "down")]
-    if bad:
-        raise TunelensError(f"spectrum analyses q,k,v,o,gate,up,down only, not {', '.join(bad)}")
+    selection = make_basis_selection(kw, "spectrum")
     result = api.spectrum(
         base,
         list(tuned),
@@ -63,7 +51,7 @@ def spectrum_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> Non
         method=kw["method"],
         cache_dir=kw["cache_dir"],
         use_cache=not kw["no_cache"],
-        selection=Selection(components=components, layers=parse_layers(kw["layers"]), embeddings=False),
+        selection=selection,
         options=options,
         force=kw["force"],
     )

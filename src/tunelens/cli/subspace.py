@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tunelens.cli.options import make_read_options, read_options_without_vocab
+from tunelens.cli.options import basis_options, make_basis_selection, make_read_options, read_options_without_vocab
 from tunelens.errors import TunelensError
 
 
@@ -39,7 +39,6 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("--energy", metavar="LIST", help="k = smallest k keeping this share of sum(s^2) (default 0.9).")
 @click.option("--rank-fraction", metavar="LIST", help="k = ceil(f * min(out, in)), e.g. 0.1,0.25.")
 @click.option("--rank", metavar="LIST", help="Fixed k (capped at min(out, in)), e.g. 16,64.")
-@click.option("--per-head", is_flag=True, help="Also report each attention head (q/k/v rows, o columns; GQA aware).")
 @click.option("--tau-rank", type=click.IntRange(1), default=16, show_default=True, help="r of tau_top_r_share.")
 @click.option(
     "--tau-spectrum/--no-tau-spectrum",
@@ -47,21 +46,7 @@ def _ints(text: str | None) -> list[int] | None:
     show_default=True,
     help="Also report tau's effective rank and top-r share (one float64 Gram + eigvalsh of tau per tensor and model).",
 )
-@click.option(
-    "--method",
-    type=click.Choice(["auto", "gram", "svd"]),
-    default="auto",
-    show_default=True,
-    help="Exact basis: float64 Gram eigh, full float64 SVD, or pick by shape.",
-)
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path),
-    help="Where base decompositions are cached [default: $TUNELENS_CACHE/subspace or ~/.cache/tunelens/subspace].",
-)
-@click.option("--no-cache", is_flag=True, help="Neither read nor write the decomposition cache.")
-@click.option("--components", metavar="LIST", help="Only these of q,k,v,o,gate,up,down (or attention, mlp).")
-@click.option("--layers", metavar="RANGES", help="Only these layers, e.g. 0-11 or 0,4,8.")
+@basis_options
 @read_options_without_vocab
 @click.option("--device", default="cpu", show_default=True, help="Decompose and project on cpu or cuda[:N].")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
@@ -76,14 +61,9 @@ def subspace_cmd(base: str, tuned: tuple[str, ...], out: Path, **kw: Any) -> Non
 
     prefetch([base, *tuned])  # the disk starts while torch imports
     from tunelens import api
-    from tunelens.config import Selection, parse_components, parse_layers
 
     options = make_read_options(kw)
-    components = parse_components(kw["components"])
-    bad = [c for c in components or () if c not in ("q", "k", "v", "o", "gate", "up", "down")]
-    if bad:
-        raise TunelensError(f"subspace analyses q,k,v,o,gate,up,down only, not {', '.join(bad)}")
-    selection = Selection(components=components, layers=parse_layers(kw["layers"]), embeddings=False)
+    selection = make_basis_selection(kw, "subspace")
     result = api.subspace(
         base,
         list(tuned),
