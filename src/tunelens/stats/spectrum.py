@@ -41,9 +41,9 @@ from tunelens.stats.spectrum_math import (
     tau_svd,
     top_left_vectors,
 )
-from tunelens.stats.subspace import SSA_COMPONENTS, PartPlan, PassStats, load_or_build, part_pass, part_shape
-from tunelens.stats.subspace_basis import Basis, BasisCache, BasisKey, Method, content_hash, resolve_method
-from tunelens.vectors.source import NONFINITE_HINT, TauSource, require_finite
+from tunelens.stats.subspace import SSA_COMPONENTS, PartPlan, PassStats, load_or_build, part_pass, part_shape, read_taus
+from tunelens.stats.subspace_basis import Basis, BasisCache, BasisKey, Method, resolve_method
+from tunelens.vectors.source import TauSource
 
 SPECTRUM_COLUMNS = (
     "model", "tensor", "layer", "component", "head", "shape", "tau_norm", "sigma_1", "effective_rank",
@@ -139,43 +139,20 @@ def _read_parts(
 ) -> tuple[str, list[tuple[PartPlan, torch.Tensor, list[Tau | None]]]]:
     """Per planned part, W ``[out, in]`` float32 and each model's τ (dense float32, or a
     :class:`~.spectrum_math.LowRank` for an adapter's ``B A``; None where it holds NaN/Inf under
-    ``--allow-nonfinite``), plus the sha256 of the base tensor's stored bytes (the basis cache's key) when
-    ``hashed``. W is None-free: a non-finite base stops here, or (allowed) gives no parts."""
-    read = source.read(job)
-    assert read.base is not None
-    digest = content_hash(read.base) if hashed else ""
-    base = read.base_float()
-    alignment = source.alignment
-    if not require_finite(base, f"{alignment.base.name}'s {job.name}", allow=source.allow_nonfinite):
-        return digest, []
-    lowrank = [read.factors[i] is not None and read.raw[i] is None for i in range(len(job.terms))]
-    dense: list[torch.Tensor | None] = []
-    finite: list[bool] = []
-    for i, ck in enumerate(alignment.others):
-        tau = None if lowrank[i] else read.tau(i)
-        if tau is None and not lowrank[i]:
-            tau = torch.zeros_like(base)
-        checked = [tau] if tau is not None else list(read.factors[i] or ())
-        ok = all(bool(torch.isfinite(t).all()) for t in checked)
-        if not ok and not source.allow_nonfinite:
-            raise TunelensError(source.nonfinite(job, f"tau of {ck.name}") + f"; {NONFINITE_HINT}")
-        dense.append(tau)
-        finite.append(ok)
+    ``--allow-nonfinite``), plus the basis cache's key (:func:`~.subspace.read_taus`). A non-finite base
+    stops there, or (allowed) gives no parts."""
+    got = read_taus(source, job, hashed=hashed)
+    if got is None:
+        return "", []
     parts: list[tuple[PartPlan, torch.Tensor, list[Tau | None]]] = []
     for plan in plans:
         p = plan.part
         taus: list[Tau | None] = []
-        for i, tau in enumerate(dense):
-            if not finite[i]:
-                taus.append(None)
-            elif tau is None:
-                factors = read.part_factors(i, p)
-                assert factors is not None
-                taus.append(LowRank(factors[0], factors[1]))
-            else:
-                taus.append(to_out_in(select_part(tau, p), p))
-        parts.append((plan, to_out_in(select_part(base, p), p), taus))
-    return digest, parts
+        for i, ok in enumerate(got.finite):
+            t = got.part(i, p) if ok else None
+            taus.append(LowRank(*t) if isinstance(t, tuple) else t)
+        parts.append((plan, to_out_in(select_part(got.base, p), p), taus))
+    return got.digest, parts
 
 
 def _left_complete(

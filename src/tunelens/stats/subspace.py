@@ -45,7 +45,7 @@ from tunelens.stats.subspace_basis import (
     decompose,
     resolve_method,
 )
-from tunelens.vectors.source import NONFINITE_HINT, TauSource, require_finite
+from tunelens.vectors.source import NONFINITE_HINT, TauSource, TensorRead, require_finite
 
 SSA_COMPONENTS: tuple[Component, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -292,30 +292,65 @@ def load_or_build(
     return bases
 
 
+@dataclass(frozen=True)
+class TensorTaus:
+    """One aligned tensor as ``subspace`` and ``spectrum`` read it: the base (float32, stored layout), each
+    model's τ — dense float32, or None where it stays the adapter's factors (``read.factors``) — and whether
+    it is finite. Views into the reading thread's buffers (see :class:`TensorRead`)."""
+
+    digest: str  # sha256 of the base tensor's stored bytes (the basis cache's key), "" when not hashed
+    base: torch.Tensor
+    read: TensorRead
+    dense: list[torch.Tensor | None]
+    finite: list[bool]
+
+    def part(self, i: int, part: Part) -> TauPart:
+        """Model ``i``'s τ on ``part``, ``[out, in]``: dense, or the factors ``(L, R)`` of ``L R``."""
+        tau = self.dense[i]
+        if tau is None:
+            factors = self.read.part_factors(i, part)
+            assert factors is not None
+            return factors
+        return to_out_in(select_part(tau, part), part)
+
+
+def read_taus(source: TauSource, job: AlignedTensor, *, hashed: bool) -> TensorTaus | None:
+    """Read ``job`` for a basis stage. A NaN/Inf in the base or a τ is one error line; under
+    ``--allow-nonfinite`` a non-finite base gives None and a non-finite τ ``finite[i] = False``.
+    A purely low-rank τ (a LoRA adapter's B A) stays factored: its projections cost O((out + in)·r·k)."""
+    alignment = source.alignment
+    read = source.read(job)
+    assert read.base is not None
+    digest = content_hash(read.base) if hashed else ""
+    base = read.base_float()
+    if not require_finite(base, f"{alignment.base.name}'s {job.name}", allow=source.allow_nonfinite):
+        return None
+    dense: list[torch.Tensor | None] = []
+    finite: list[bool] = []
+    for i, ck in enumerate(alignment.others):
+        lowrank = read.factors[i] is not None and read.raw[i] is None
+        tau = None if lowrank else read.tau(i)
+        if tau is None and not lowrank:
+            tau = torch.zeros_like(base)
+        checked = [tau] if tau is not None else list(read.factors[i] or ())
+        ok = all(bool(torch.isfinite(t).all()) for t in checked)
+        if not ok and not source.allow_nonfinite:
+            raise TunelensError(source.nonfinite(job, f"tau of {ck.name}") + f"; {NONFINITE_HINT}")
+        dense.append(tau)
+        finite.append(ok)
+    return TensorTaus(digest, base, read, dense, finite)
+
+
 def analyse_tensor(
     source: TauSource, job: AlignedTensor, plans: tuple[PartPlan, ...], opts: SubspaceOptions
 ) -> tuple[list[dict[str, Any]], PassStats]:
     """Rows (one per model × part [× head] × criterion) of one aligned tensor, and its counters."""
     stats = PassStats()
     alignment = source.alignment
-    read = source.read(job)
-    assert read.base is not None
-    digest = content_hash(read.base) if opts.cache.folder is not None else ""
-    base = read.base_float()
-    what = f"{alignment.base.name}'s {job.name}"
-    if not require_finite(base, what, allow=source.allow_nonfinite):
+    got = read_taus(source, job, hashed=opts.cache.folder is not None)
+    if got is None:
         return _undefined_rows(alignment, job, plans, opts), stats
-    # a purely low-rank τ (a LoRA adapter's B A) stays factored: its projections cost O((out + in)·r·k)
-    lowrank = [read.factors[i] is not None and read.raw[i] is None for i in range(len(job.terms))]
-    taus: list[torch.Tensor | None] = []
-    for i, ck in enumerate(alignment.others):
-        tau = None if lowrank[i] else read.tau(i)
-        if tau is None and not lowrank[i]:
-            tau = torch.zeros_like(base)
-        checked = [tau] if tau is not None else list(read.factors[i] or ())
-        if not source.allow_nonfinite and not all(bool(torch.isfinite(t).all()) for t in checked):
-            raise TunelensError(source.nonfinite(job, f"tau of {ck.name}") + f"; {NONFINITE_HINT}")
-        taus.append(tau)
+    digest, base = got.digest, got.base
     names = [ck.name for ck in alignment.others]
 
     def kmax(sigma: torch.Tensor) -> int:
@@ -326,13 +361,9 @@ def analyse_tensor(
         part = plan.part
         w = to_out_in(select_part(base, part), part).to(opts.device)
         ts: list[TauPart] = []
-        for i, tau in enumerate(taus):
-            if tau is None:
-                factors = read.part_factors(i, part)
-                assert factors is not None
-                ts.append((factors[0].to(opts.device), factors[1].to(opts.device)))
-            else:
-                ts.append(to_out_in(select_part(tau, part), part).to(opts.device))
+        for i in range(len(names)):
+            t = got.part(i, part)
+            ts.append((t[0].to(opts.device), t[1].to(opts.device)) if isinstance(t, tuple) else t.to(opts.device))
         shape = (w.shape[0], w.shape[1])
         part_id = f"{part.dim}:{part.start}:{part.stop}:{part.layout}" if part.fused else f"-:{part.layout}"
         stored = f"{job.base.dtype}:{list(job.base.shape)}"
