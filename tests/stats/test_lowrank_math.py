@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tunelens.stats.accumulate import lowrank_sums, part_sums
+from tunelens.stats.spectrum_math import LowRank
 from tunelens.stats.subspace import lowrank_singular_values, share_curves, share_curves_lowrank, tau_spectrum
 from tunelens.stats.subspace_basis import decompose
 
@@ -27,7 +28,7 @@ def test_singular_values_from_factors(planted: tuple[torch.Tensor, torch.Tensor,
     got = lowrank_singular_values(left, right).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-12)
     dense = tau_spectrum((left.double() @ right.double()).float(), 3)
-    fact = tau_spectrum((left, right), 3)
+    fact = tau_spectrum(LowRank(left, right), 3)
     assert fact == pytest.approx(dense, rel=1e-5)
 
 

@@ -26,7 +26,6 @@ from tunelens.checkpoints.stream import select_part, to_out_in
 from tunelens.config import ReadOptions, Selection
 from tunelens.errors import TunelensError
 from tunelens.stats.spectrum_math import (
-    LowRank,
     Tau,
     amplification,
     effective_rank,
@@ -149,8 +148,7 @@ def _read_parts(
         p = plan.part
         taus: list[Tau | None] = []
         for i, ok in enumerate(got.finite):
-            t = got.part(i, p) if ok else None
-            taus.append(LowRank(*t) if isinstance(t, tuple) else t)
+            taus.append(got.part(i, p) if ok else None)
         parts.append((plan, to_out_in(select_part(got.base, p), p), taus))
     return got.digest, parts
 

@@ -34,6 +34,7 @@ from tunelens.config import ReadOptions, Selection
 from tunelens.errors import TunelensError
 from tunelens.jobs import run_stage
 from tunelens.stats.accumulate import single_threaded
+from tunelens.stats.spectrum_math import LowRank, Tau, narrow
 from tunelens.stats.subspace_basis import (
     Basis,
     BasisCache,
@@ -50,9 +51,6 @@ from tunelens.vectors.source import NONFINITE_HINT, TauSource, TensorRead, requi
 SSA_COMPONENTS: tuple[Component, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 
 S = TypeVar("S")
-
-#: τ of one analysed part, ``[out, in]``: dense, or the factors ``(L [out, r], R [r, in])`` of ``L R``
-TauPart = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 SUBSPACE_COLUMNS = (
     "model", "tensor", "layer", "component", "head", "rows", "cols", "k", "energy",
@@ -156,16 +154,16 @@ def random_share_std(p: float, numel: int) -> float:
     return math.sqrt(2.0 * p * (1.0 - p) / (numel + 2))
 
 
-def tau_spectrum(tau: torch.Tensor | tuple[torch.Tensor, torch.Tensor], top_r: int) -> tuple[float, float]:
+def tau_spectrum(tau: Tau, top_r: int) -> tuple[float, float]:
     """``(effective rank, share of ‖τ‖² in τ's own top-r directions)`` from a float64 Gram eigvalsh (or,
-    for factors ``(L, R)``, from :func:`lowrank_singular_values`).
+    for a factored τ, from :func:`lowrank_singular_values`).
 
     Effective rank (Roy & Vetterli 2007): ``exp(-Σ pᵢ log pᵢ)`` with ``pᵢ = σᵢ / Σσⱼ``; eigenvalues
     below ``λ_max · max(out, in) · eps64`` count as zero.
     """
-    if isinstance(tau, tuple):
-        lam = lowrank_singular_values(*tau).square()
-        shape = (tau[0].shape[0], tau[1].shape[1])
+    if isinstance(tau, LowRank):
+        lam = lowrank_singular_values(tau.L, tau.R).square()
+        shape = tau.shape
     else:
         a = tau.to(torch.float64)
         side = a if a.shape[0] <= a.shape[1] else a.T
@@ -304,13 +302,13 @@ class TensorTaus:
     dense: list[torch.Tensor | None]
     finite: list[bool]
 
-    def part(self, i: int, part: Part) -> TauPart:
-        """Model ``i``'s τ on ``part``, ``[out, in]``: dense, or the factors ``(L, R)`` of ``L R``."""
+    def part(self, i: int, part: Part) -> Tau:
+        """Model ``i``'s τ on ``part``, ``[out, in]``: dense, or factored."""
         tau = self.dense[i]
         if tau is None:
             factors = self.read.part_factors(i, part)
             assert factors is not None
-            return factors
+            return LowRank(*factors)
         return to_out_in(select_part(tau, part), part)
 
 
@@ -360,14 +358,16 @@ def analyse_tensor(
     for plan in plans:
         part = plan.part
         w = to_out_in(select_part(base, part), part).to(opts.device)
-        ts: list[TauPart] = []
+        ts: list[Tau] = []
         for i in range(len(names)):
             t = got.part(i, part)
-            ts.append((t[0].to(opts.device), t[1].to(opts.device)) if isinstance(t, tuple) else t.to(opts.device))
+            ts.append(
+                LowRank(t.L.to(opts.device), t.R.to(opts.device)) if isinstance(t, LowRank) else t.to(opts.device)
+            )
         shape = (w.shape[0], w.shape[1])
         part_id = f"{part.dim}:{part.start}:{part.stop}:{part.layout}" if part.fused else f"-:{part.layout}"
         stored = f"{job.base.dtype}:{list(job.base.shape)}"
-        units: list[tuple[int | None, list[torch.Tensor], list[list[TauPart]], str]] = [
+        units: list[tuple[int | None, list[torch.Tensor], list[list[Tau]], str]] = [
             (None, [w], [[t] for t in ts], "whole")
         ]
         if plan.heads is not None:
@@ -375,7 +375,7 @@ def analyse_tensor(
             n = shape[axis] // size
             cut = [(h * size, size) for h in range(n)]
             units.append(
-                (0, [w.narrow(axis, a, s) for a, s in cut], [[_narrow(t, axis, a, s) for a, s in cut] for t in ts],
+                (0, [w.narrow(axis, a, s) for a, s in cut], [[narrow(t, axis, a, s) for a, s in cut] for t in ts],
                  f"heads:{axis}:{size}")
             )  # fmt: skip
         for head0, slices, tau_slices, slicing in units:
@@ -396,20 +396,13 @@ def analyse_tensor(
     return rows, stats
 
 
-def _narrow(t: TauPart, axis: int, start: int, size: int) -> TauPart:
-    """Rows (axis 0) or columns (axis 1) of a dense τ or of ``L R`` (rows of L, columns of R)."""
-    if isinstance(t, tuple):
-        return (t[0].narrow(0, start, size), t[1]) if axis == 0 else (t[0], t[1].narrow(1, start, size))
-    return t.narrow(axis, start, size)
-
-
 def _rows(
-    model: str, part: Part, head: int | None, basis: Basis, tau: TauPart, opts: SubspaceOptions
+    model: str, part: Part, head: int | None, basis: Basis, tau: Tau, opts: SubspaceOptions
 ) -> list[dict[str, Any]]:
     ks = [c.k(basis.S) for c in opts.criteria]
-    if isinstance(tau, tuple):
-        rows_n, cols_n = tau[0].shape[0], tau[1].shape[1]
-        tau_sq, left, right, both = share_curves_lowrank(basis, tau[0], tau[1], max(ks))
+    if isinstance(tau, LowRank):
+        rows_n, cols_n = tau.shape
+        tau_sq, left, right, both = share_curves_lowrank(basis, tau.L, tau.R, max(ks))
     else:
         rows_n, cols_n = tau.shape[0], tau.shape[1]
         tau_sq, left, right, both = share_curves(basis, tau, max(ks))
