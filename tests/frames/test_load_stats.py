@@ -62,6 +62,18 @@ def test_subspace_to_pandas(outputs: Any, frames_equal: Callable[..., None]) -> 
     frames_equal(outputs.results["subspace"].to_pandas(), tunelens.load(outputs.subspace))
 
 
+def test_spectrum_to_pandas(
+    tiny: Callable[..., Path], tuned: Callable[..., Path], tmp_path: Path, frames_equal: Callable[..., None]
+) -> None:
+    from tunelens import api
+
+    base = tiny("llama")
+    result = api.spectrum(base, [tuned(base, scale=0.05)], out=tmp_path / "sp", use_cache=False)
+    loaded = tunelens.load(tmp_path / "sp")
+    frames_equal(result.to_pandas(), loaded)
+    assert len(loaded.tensors) == len(result.rows) > 0
+
+
 def test_spectrum_folder_from_its_documented_columns(tmp_path: Path, check_csv: Callable[..., None]) -> None:
     """spectrum.csv as DESIGN.md §6 fixes it, written by hand (the command is built elsewhere)."""
     rows = [

@@ -17,11 +17,11 @@ from tunelens.frames.activations import activations_results
 from tunelens.frames.evaluation import evaluate_results
 from tunelens.frames.load import load
 from tunelens.frames.results import Results
-from tunelens.frames.subspace import subspace_results
+from tunelens.frames.subspace import spectrum_results, subspace_results
 from tunelens.frames.tidy import csv_frame
 from tunelens.frames.weights import diff_results, layer_components
 
 __all__ = [
-    "Results", "load", "diff_results", "subspace_results", "activations_results", "evaluate_results",
-    "layer_components", "csv_frame",
+    "Results", "load", "diff_results", "subspace_results", "spectrum_results", "activations_results",
+    "evaluate_results", "layer_components", "csv_frame",
 ]  # fmt: skip

@@ -73,7 +73,14 @@ def load_subspace(folder: Path) -> Results:
     return subspace_results(read_json(folder / "summary.json"), lambda: read_csv(folder / "subspace.csv"), path=folder)
 
 
+def spectrum_results(
+    summary: Mapping[str, Any], tensors: Callable[[], pd.DataFrame], *, path: Path | None = None
+) -> Results:
+    """The frames of a spectrum run: ``tensors`` (spectrum.csv) and the summary as metadata."""
+    return Results("spectrum", summary, {"tensors": tensors}, path=path)
+
+
 def load_spectrum(folder: Path) -> Results:
     summary = folder / "summary.json"
     meta = read_json(summary) if summary.exists() else {}
-    return Results("spectrum", meta, {"tensors": lambda: read_csv(folder / "spectrum.csv")}, path=folder)
+    return spectrum_results(meta, lambda: read_csv(folder / "spectrum.csv"), path=folder)

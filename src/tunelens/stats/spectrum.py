@@ -365,6 +365,12 @@ class SpectrumResult:
     summary: dict[str, Any]
     alignment: Alignment
 
+    def to_pandas(self) -> Any:
+        """Tidy pandas frames of this result, equal to ``tunelens.load`` of its output folder."""
+        from tunelens.frames import csv_frame, spectrum_results
+
+        return spectrum_results(self.summary, lambda: csv_frame(self.rows, SPECTRUM_COLUMNS))
+
 
 def spectrum(
     base: Checkpoint, tuned: list[Checkpoint], *, selection: Selection, read: ReadOptions, opts: SpectrumOptions
